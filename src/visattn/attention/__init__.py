@@ -1,0 +1,3 @@
+"""Attention mechanisms, one file each; importing this package registers them."""
+
+from . import multi_axis  # noqa: F401

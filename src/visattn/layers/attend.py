@@ -1,0 +1,78 @@
+"""The one attention kernel every mechanism calls: a fused path and a readable reference path.
+
+``attend(q, k, v)`` computes softmax(q k^T * scale + bias + mask) v over (B, heads, N, head_dim) tensors. The fused
+path is :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels where the backend
+has them); the reference path spells the same formula out in three lines and exists so tests can check the fused
+one. :func:`use_fused` switches between them globally (tests, debugging).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["attend", "use_fused", "fused_enabled", "key_padding_bias"]
+
+_FUSED = True
+
+
+def fused_enabled() -> bool:
+    return _FUSED
+
+
+@contextlib.contextmanager
+def use_fused(enabled: bool) -> Iterator[None]:
+    """Context manager selecting the fused (SDPA) or the reference attention path inside its block."""
+    global _FUSED
+    previous, _FUSED = _FUSED, enabled
+    try:
+        yield
+    finally:
+        _FUSED = previous
+
+
+def key_padding_bias(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, N) bool, True on real keys -> (B, 1, 1, N) additive bias: 0 on real keys, a huge negative on padding.
+
+    The most negative finite value rather than -inf keeps a row finite even if every key in it were padding.
+    """
+    bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    bias = bias.masked_fill(~valid, torch.finfo(dtype).min)
+    return bias[:, None, None, :]                                      # (B, 1, 1, N)
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    fused: bool | None = None,
+) -> Tensor:
+    """Scaled dot-product attention.
+
+    Args:
+        q: queries (B, heads, Nq, head_dim).
+        k: keys (B, heads, Nk, head_dim).
+        v: values (B, heads, Nk, head_dim_v).
+        bias: additive logits bias broadcastable to (B, heads, Nq, Nk) (relative position bias, padding mask).
+        scale: logit scale; default head_dim ** -0.5.
+        fused: force a path; default follows :func:`use_fused`.
+
+    Shape:
+        returns (B, heads, Nq, head_dim_v).
+    """
+    if bias is not None and bias.dtype != q.dtype:
+        bias = bias.to(q.dtype)
+    if _FUSED if fused is None else fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = (q * scale) @ k.transpose(-2, -1)                         # (B, heads, Nq, Nk)
+    if bias is not None:
+        logits = logits + bias
+    return logits.softmax(dim=-1) @ v

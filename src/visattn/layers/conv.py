@@ -1,0 +1,124 @@
+"""Convolution pieces: TensorFlow-style "same" convolution and pooling, squeeze-excite, pre-activation MBConv."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .drop import DropPath
+
+__all__ = ["same_padding", "SameConv2d", "SameAvgPool2d", "SqueezeExcite", "MBConv"]
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) along one axis: output = ceil(size / stride), extra pad after."""
+    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding, so ported TF weights give TF outputs.
+
+    With stride 1 and an odd kernel the padding is symmetric and static (plain ``padding=k//2``). With stride 2 it
+    depends on the input size (for a 3x3 kernel: (0, 1) on even sizes, (1, 1) on odd ones), so it is computed per call
+    and applied with ``F.pad`` only when asymmetric.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, *, groups: int = 1,
+                 bias: bool = True):
+        static = stride == 1 and kernel_size % 2 == 1
+        super().__init__(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2 if static else 0,
+                         groups=groups, bias=bias)
+        self.dynamic_pad = not static
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dynamic_pad:
+            k, s = self.kernel_size[0], self.stride[0]
+            top, bottom = same_padding(x.shape[-2], k, s)
+            left, right = same_padding(x.shape[-1], k, s)
+            if top == bottom and left == right:
+                return F.conv2d(x, self.weight, self.bias, s, (top, left), 1, self.groups)
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+class SameAvgPool2d(nn.Module):
+    """2x2 stride-2 average pooling with TF "SAME" padding: odd sizes round up and the average skips the padding.
+
+    Deviation from timm: timm's ``AvgPool2dSame`` zero-pads first and so counts the padding in the average; TF
+    (``tf.keras.layers.AveragePooling2D(padding='same')``, used by google-research/maxvit) does not. The two agree on
+    even sizes, the only ones timm's MaxViT accepts.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: x * sigmoid(fc2(act(fc1(mean_hw(x)))))."""
+
+    def __init__(self, channels: int, reduced: int, *, act_layer: type[nn.Module] = nn.SiLU):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.act = act_layer()
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.mean((2, 3), keepdim=True)                               # (B, C, 1, 1)
+        return x * self.fc2(self.act(self.fc1(s))).sigmoid()
+
+
+class MBConv(nn.Module):
+    """Pre-activation inverted residual block (MobileNetV2 with SE) as used by MaxViT (paper Eq. 1 and 2).
+
+    x + proj1x1(SE(act(BN(dw3x3(act(BN(conv1x1(BN(x))))))))). With ``stride=2`` the depthwise conv strides and the
+    shortcut is 2x2 average pooling followed by a 1x1 conv when the width changes.
+
+    Args:
+        in_chs: input channels.
+        out_chs: output channels.
+        stride: 1 or 2.
+        expand_ratio: hidden width = ``expand_ratio * out_chs`` (MaxViT expands the output width).
+        se_ratio: SE bottleneck = ``se_ratio * out_chs``.
+        act_layer: activation after the two inner BatchNorms.
+        bn_eps: BatchNorm epsilon (TF default 1e-3 in MaxViT).
+        bn_momentum: PyTorch momentum (TF decay 0.99 is momentum 0.01).
+        drop_path: stochastic depth of the residual branch.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, *, stride: int = 1, expand_ratio: float = 4.0,
+                 se_ratio: float = 0.25, act_layer: type[nn.Module] = nn.GELU, bn_eps: float = 1e-3,
+                 bn_momentum: float = 0.01, drop_path: float = 0.0):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"MBConv stride must be 1 or 2, got {stride}")
+        mid = int(out_chs * expand_ratio)
+        if stride == 2:
+            self.shortcut = nn.Sequential()
+            self.shortcut.add_module("pool", SameAvgPool2d())
+            self.shortcut.add_module("expand", nn.Conv2d(in_chs, out_chs, 1) if in_chs != out_chs else nn.Identity())
+        elif in_chs != out_chs:
+            self.shortcut = nn.Sequential()
+            self.shortcut.add_module("expand", nn.Conv2d(in_chs, out_chs, 1))
+        else:
+            self.shortcut = nn.Identity()
+        self.pre_norm = nn.BatchNorm2d(in_chs, eps=bn_eps, momentum=bn_momentum)
+        self.conv1_1x1 = nn.Conv2d(in_chs, mid, 1, bias=False)
+        self.norm1 = nn.BatchNorm2d(mid, eps=bn_eps, momentum=bn_momentum)
+        self.act1 = act_layer()
+        self.conv2_kxk = SameConv2d(mid, mid, 3, stride, groups=mid, bias=False)
+        self.norm2 = nn.BatchNorm2d(mid, eps=bn_eps, momentum=bn_momentum)
+        self.act2 = act_layer()
+        self.se = SqueezeExcite(mid, int(out_chs * se_ratio))
+        self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Shape: (B, in_chs, H, W) -> (B, out_chs, ceil(H / stride), ceil(W / stride))."""
+        shortcut = self.shortcut(x)
+        x = self.act1(self.norm1(self.conv1_1x1(self.pre_norm(x))))
+        x = self.act2(self.norm2(self.conv2_kxk(x)))
+        x = self.conv3_1x1(self.se(x))
+        return self.drop_path(x) + shortcut

@@ -1,0 +1,30 @@
+"""Feed-forward blocks."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["Mlp"]
+
+
+class Mlp(nn.Module):
+    """Linear -> activation -> dropout -> Linear -> dropout, on the last dimension (channels-last)."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        out_dim: int | None = None,
+        *,
+        act_layer: type[nn.Module] | None = None,
+        drop: float = 0.0,
+    ):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = act_layer() if act_layer is not None else nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, out_dim or dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))

@@ -1,0 +1,180 @@
+"""Two dicts (models and attention mechanisms) and the create/list helpers around them."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+__all__ = [
+    "register_models",
+    "register_attention",
+    "create_model",
+    "list_models",
+    "create_attention",
+    "list_attention",
+    "get_model_config",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+# name -> (model class, default config of that variant)
+_MODELS: dict[str, tuple[type[nn.Module], Any]] = {}
+# name -> attention module class
+_ATTENTION: dict[str, type[nn.Module]] = {}
+# name -> exact parameter count of the reference implementation (timm / official code), for tests and `info`
+_REFERENCE_PARAMS: dict[str, int] = {}
+
+
+def _ensure_loaded() -> None:
+    # Model and attention files register themselves on import; importing the packages populates the dicts.
+    from . import attention, models  # noqa: F401
+
+
+def register_models(model_cls: type[nn.Module], variants: Mapping[str, Any], *,
+                    reference_params: Mapping[str, int] | None = None) -> None:
+    """Register every variant of one family.
+
+    Args:
+        model_cls: the model class; it takes one config and has ``config_class`` and ``test_overrides``.
+        variants: name -> frozen config dataclass accepted by ``model_cls``.
+        reference_params: name -> exact parameter count of the reference implementation with the default head;
+            the generic tests require one for every variant.
+    """
+    for name in (reference_params or {}):
+        if name not in variants:
+            raise ValueError(f"reference_params names {name!r}, which is not among the variants")
+    for name, config in variants.items():
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered (by {_MODELS[name][0].__name__})")
+        if not dataclasses.is_dataclass(config):
+            raise TypeError(f"variant {name!r}: config must be a dataclass instance, got {type(config).__name__}")
+        _MODELS[name] = (model_cls, config)
+        if reference_params and name in reference_params:
+            _REFERENCE_PARAMS[name] = reference_params[name]
+
+
+def register_attention(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator registering an attention mechanism under ``name``."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _ATTENTION:
+            raise ValueError(f"attention {name!r} is already registered (by {_ATTENTION[name].__name__})")
+        _ATTENTION[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return wrap
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> ValueError:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else f" Known: {', '.join(sorted(known))}."
+    return ValueError(f"unknown {kind} {name!r}.{hint}")
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of registered models matching a shell-style ``pattern``."""
+    _ensure_loaded()
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def get_model_config(name: str, **overrides: Any) -> Any:
+    """The config of variant ``name`` with ``overrides`` applied (validated field names)."""
+    _ensure_loaded()
+    if name not in _MODELS:
+        raise _unknown("model", name, list(_MODELS))
+    config = _MODELS[name][1]
+    valid = [f.name for f in dataclasses.fields(config)]
+    bad = [k for k in overrides if k not in valid]
+    if bad:
+        raise ValueError(
+            f"unknown config field(s) {', '.join(map(repr, bad))} for {name!r} ({type(config).__name__}); "
+            f"valid fields: {', '.join(valid)}"
+        )
+    return dataclasses.replace(config, **overrides)
+
+
+def create_model(name: str, *, checkpoint: Any = None, **overrides: Any) -> nn.Module:
+    """Build the registered model ``name``.
+
+    Args:
+        name: a name from :func:`list_models`.
+        checkpoint: optional path or state dict passed to :func:`visattn.load_pretrained` (strict).
+        **overrides: config fields to change, e.g. ``num_classes=10``; an unknown field raises a ``ValueError``
+            listing the valid ones.
+    """
+    config = get_model_config(name, **overrides)
+    model = _MODELS[name][0](config)
+    model.variant_name = name
+    if checkpoint is not None:
+        from .weights import load_pretrained
+
+        load_pretrained(model, checkpoint)
+    return model
+
+
+def get_model_class(name: str) -> type[nn.Module]:
+    _ensure_loaded()
+    if name not in _MODELS:
+        raise _unknown("model", name, list(_MODELS))
+    return _MODELS[name][0]
+
+
+def reference_params(name: str) -> int | None:
+    """The reference implementation's parameter count for ``name`` (None if not recorded)."""
+    _ensure_loaded()
+    return _REFERENCE_PARAMS.get(name)
+
+
+def list_attention(pattern: str = "*") -> list[str]:
+    """Sorted names of registered attention mechanisms."""
+    _ensure_loaded()
+    return sorted(n for n in _ATTENTION if fnmatch.fnmatch(n, pattern))
+
+
+def get_attention_class(name: str) -> type[nn.Module]:
+    _ensure_loaded()
+    if name not in _ATTENTION:
+        raise _unknown("attention", name, list(_ATTENTION))
+    return _ATTENTION[name]
+
+
+def create_attention(name: str, **kwargs: Any) -> nn.Module:
+    """Build attention mechanism ``name``; ``kwargs`` are the module's constructor arguments."""
+    cls = get_attention_class(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise TypeError(f"create_attention({name!r}): {err}") from err
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass, with its class name for the round trip."""
+    return {"__config__": type(config).__name__, **dataclasses.asdict(config)}
+
+
+def _tupled(value: Any) -> Any:
+    # JSON turns tuples into lists; configs hold tuples (hashable, frozen).
+    if isinstance(value, list):
+        return tuple(_tupled(v) for v in value)
+    return value
+
+
+def config_from_dict(model_cls: type[nn.Module], data: Mapping[str, Any] | str) -> Any:
+    """Inverse of :func:`config_to_dict` for ``model_cls.config_class``; accepts a dict or a JSON string."""
+    if isinstance(data, str):
+        data = json.loads(data)
+    data = dict(data)
+    data.pop("__config__", None)
+    config_cls = model_cls.config_class
+    valid = {f.name for f in dataclasses.fields(config_cls)}
+    bad = sorted(set(data) - valid)
+    if bad:
+        raise ValueError(f"unknown config field(s) {bad} for {config_cls.__name__}; valid fields: {sorted(valid)}")
+    return config_cls(**{k: _tupled(v) for k, v in data.items()})

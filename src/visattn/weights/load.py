@@ -1,0 +1,99 @@
+"""Read a checkpoint safely (safetensors, or ``torch.load(weights_only=True)``) and load it into a model.
+
+Each model class may define ``remap_state_dict(state_dict, model)`` that turns timm or official keys into its own;
+this module does the reading, the unwrapping of common containers and the strict comparison.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LoadResult", "read_state_dict", "load_pretrained"]
+
+# Containers that training scripts wrap a state dict in (timm, torchvision references, DeiT, official repos).
+_CONTAINER_KEYS = ("state_dict", "model", "model_state", "params", "module", "net", "params_ema")
+
+
+class LoadResult(NamedTuple):
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def read_state_dict(checkpoint: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A flat ``{name: tensor}`` dict from a path (.safetensors, .pth/.pt/.bin/.ckpt) or a mapping."""
+    if isinstance(checkpoint, Mapping):
+        state = dict(checkpoint)
+    else:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # pickle with arbitrary objects is refused on purpose
+                raise ValueError(
+                    f"could not load {path} with torch.load(weights_only=True): {err}. Only tensors and plain "
+                    "containers are accepted; convert the file to .safetensors."
+                ) from err
+        else:
+            raise ValueError(f"unsupported checkpoint format {path.suffix!r} ({path}); expected .safetensors, "
+                             ".pth, .pt, .bin or .ckpt")
+    for key in _CONTAINER_KEYS:
+        if key in state and isinstance(state[key], Mapping) and not isinstance(state[key], Tensor):
+            state = dict(state[key])
+            break
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
+        state = {k[len("module."):]: v for k, v in state.items()}
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise ValueError(f"checkpoint entries are not tensors: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+    return state
+
+
+def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Tensor], *,
+                    strict: bool = True) -> LoadResult:
+    """Load visattn, timm or official weights into ``model``.
+
+    Args:
+        model: a visattn model.
+        checkpoint: path (.safetensors, or .pth/.bin loaded with ``weights_only=True``) or a state dict.
+        strict: raise if any key is missing or unexpected. With ``strict=False`` those are returned instead.
+            A shape mismatch always raises (a silent partial load is never what a user wants).
+
+    Returns:
+        The missing and unexpected keys (empty lists after a strict load).
+    """
+    state = read_state_dict(checkpoint)
+    remap = getattr(model, "remap_state_dict", None)
+    if remap is not None:
+        state = remap(state, model)
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    name = getattr(model, "variant_name", type(model).__name__)
+    if mismatched:
+        hint = ""
+        if any(k.startswith("head.fc.") or k.startswith("head.") for k in mismatched):
+            hint = " (a different number of classes? build the model with num_classes=... or reset_classifier)"
+        raise ValueError(f"cannot load checkpoint into {name}: {len(mismatched)} shape mismatch(es){hint}:\n  "
+                         + "\n  ".join(mismatched[:20]))
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"checkpoint does not match {name}: {len(missing)} missing key(s), {len(unexpected)} unexpected key(s)."
+            f"\n  missing: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
+            f"\n  unexpected: {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return LoadResult(missing, unexpected)
