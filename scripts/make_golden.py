@@ -75,6 +75,19 @@ def maxvit_cases() -> None:
                 "timm": timm.__version__, "torch": torch.__version__,
                 "visattn_model": "maxvit_tiny", "visattn_overrides": {**ours, "partition_size": c["partition"]}}
         _save(case, model, x, meta)
+    # Full-size key/shape manifests: every timm key must map onto visattn's full-size models (checked on meta).
+    manifests = {"maxvit_base_tf_384": dict(num_classes=1000), "maxvit_tiny_tf_224": dict(num_classes=1000)}
+    for timm_name, kwargs in manifests.items():
+        with torch.device("meta"):
+            model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        _save_manifest(f"maxvit_manifest_{timm_name}", model, {"reference": timm_name, **kwargs})
+
+
+def _save_manifest(case: str, model: torch.nn.Module, meta: dict) -> None:
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    path = OUT / f"{case}.json"
+    path.write_text(json.dumps({"meta": meta, "shapes": shapes}, indent=0))
+    print(f"{path.name}: {len(shapes)} keys")
 
 
 CASES: dict[str, Callable[[], None]] = {"maxvit": maxvit_cases}

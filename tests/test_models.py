@@ -1,0 +1,187 @@
+"""Generic tests over every registered model: adding a model adds no code here.
+
+Compute tests run one reduced config per family (the class's ``test_overrides``); size-only tests (parameter counts,
+config round trip) run every variant on the meta device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import visattn
+from visattn.layers.attend import use_fused
+from visattn.registry import config_from_dict, config_to_dict, get_model_class, reference_params
+
+ALL = visattn.list_models()
+
+
+def _families() -> list[str]:
+    # One representative variant per model class (the first name in sorted order).
+    seen, out = set(), []
+    for name in ALL:
+        cls = get_model_class(name)
+        if cls not in seen:
+            seen.add(cls)
+            out.append(name)
+    return out
+
+
+FAMILIES = _families()
+
+
+def _small(name: str, **extra) -> torch.nn.Module:
+    cls = get_model_class(name)
+    return visattn.create_model(name, **{**cls.test_overrides, **extra})
+
+
+def _input(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
+    cls = type(model)
+    shape = getattr(cls, "test_input_shape", None)
+    if shape is None:
+        m = cls.min_input_size
+        shape = (batch, model.config.in_chans, m + 3, 2 * m - 5)  # odd, non-square, not divisible by anything
+    return torch.randn(batch, *shape[1:])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_param_count_matches_reference(name: str) -> None:
+    expected = reference_params(name)
+    assert expected is not None, f"{name}: no REFERENCE_PARAMS entry in its model file"
+    with torch.device("meta"):
+        model = visattn.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_config_json_round_trip(name: str) -> None:
+    with torch.device("meta"):
+        model = visattn.create_model(name)
+    text = json.dumps(config_to_dict(model.config))
+    assert config_from_dict(type(model), text) == model.config
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_forward_backward_every_param_gets_grad(name: str) -> None:
+    model = _small(name).train()
+    x = _input(model)
+    out = model(x)
+    assert out.shape == (x.shape[0], model.config.num_classes)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not no_grad, f"parameters without gradient: {no_grad[:10]}"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_batch_independence(name: str) -> None:
+    # A partition or padding bug that mixes samples shows up as one sample's output depending on another's input.
+    model = _small(name).eval()
+    x = _input(model, batch=3)
+    with torch.no_grad():
+        full = model(x)
+        alone = model(x[1:2])
+        x2 = x.clone()
+        x2[0] = torch.randn_like(x2[0])
+        changed = model(x2)
+    torch.testing.assert_close(full[1:2], alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(full[1:], changed[1:], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fused_and_reference_attention_agree(name: str) -> None:
+    model = _small(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        with use_fused(True):
+            fused = model(x)
+        with use_fused(False):
+            reference = model(x)
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_backbone_api(name: str) -> None:
+    model = _small(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        feats = model.forward_intermediates(x)
+        assert len(feats) == len(model.feature_info)
+        for f, info in zip(feats, model.feature_info):
+            assert f.shape[0] == x.shape[0] and f.shape[1] == info["num_chs"]
+            assert f.ndim == x.ndim
+        final = model.forward_features(x)
+        torch.testing.assert_close(final, feats[-1])
+        pre = model.forward_head(final, pre_logits=True)
+        assert pre.shape == (x.shape[0], model.num_features)
+        torch.testing.assert_close(model.forward_head(final), model(x))
+    model.reset_classifier(3)
+    assert model.config.num_classes == 3
+    with torch.no_grad():
+        assert model(x).shape == (x.shape[0], 3)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_grad_checkpointing_matches(name: str) -> None:
+    torch.manual_seed(1)
+    model = _small(name).eval()  # eval: no dropout / BN updates, so both passes see the same function
+    x = _input(model)
+    model(x).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bad_input_raises_clear_value_error(name: str) -> None:
+    model = _small(name).eval()
+    x = _input(model, batch=1)
+    channels = x.shape[1]
+    wrong_channels = torch.randn(1, channels + 1, *x.shape[2:])
+    too_small = torch.randn(1, channels, *[2] * (x.ndim - 2))
+    cases = {
+        "channels": (wrong_channels, str(channels)),
+        "ndim": (x[0], "-D"),
+        "dtype": (x.to(torch.int64), "float"),
+        "too small": (too_small, str(type(model).min_input_size)),
+    }
+    for what, (bad, expected_text) in cases.items():
+        with pytest.raises(ValueError, match=expected_text):
+            model(bad)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_load_pretrained_round_trip_and_mismatch(name: str, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    src = _small(name).eval()
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    dst = _small(name).eval()
+    assert visattn.load_pretrained(dst, path) == ([], [])
+    x = _input(src)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x))
+    state = src.state_dict()
+    dropped = next(iter(state))
+    del state[dropped]
+    with pytest.raises(ValueError, match="missing"):
+        visattn.load_pretrained(dst, state)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        visattn.load_pretrained(_small(name, num_classes=5), path)
+
+
+def test_create_model_errors_are_helpful() -> None:
+    name = ALL[0]
+    with pytest.raises(ValueError, match="Did you mean"):
+        visattn.create_model(name + "x")
+    config = visattn.registry.get_model_config(name)
+    first_field = dataclasses.fields(config)[0].name
+    with pytest.raises(ValueError, match=first_field):
+        visattn.create_model(name, not_a_field=1)
