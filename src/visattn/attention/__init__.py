@@ -1,3 +1,4 @@
 """Attention mechanisms, one file each; importing this package registers them."""
 
 from . import multi_axis  # noqa: F401
+from . import attn_conv  # noqa: F401

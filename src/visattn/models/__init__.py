@@ -1,3 +1,4 @@
 """Model families; importing this package registers every variant."""
 
 from . import maxvit  # noqa: F401
+from . import cloformer  # noqa: F401
