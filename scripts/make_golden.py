@@ -90,7 +90,102 @@ def _save_manifest(case: str, model: torch.nn.Module, meta: dict) -> None:
     print(f"{path.name}: {len(shapes)} keys")
 
 
-CASES: dict[str, Callable[[], None]] = {"maxvit": maxvit_cases}
+def _randomize_davit(model: torch.nn.Module, generator: torch.Generator) -> None:
+    # timm's init (LayerNorm 1/0, linear std 0.02) makes every attention map nearly uniform and every norm an
+    # identity; wider random weights make a swapped q/k/v role, a wrong scale or a wrong norm visible. Std 0.1, not
+    # more: at 0.2 float32 rounding alone moves timm's logits by ~1e-4 from its float64 result (measured).
+    for name, p in model.named_parameters():
+        if "norm" in name and name.endswith("weight"):
+            p.data.normal_(1.0, 0.2, generator=generator)
+        else:
+            p.data.normal_(0.0, 0.1, generator=generator)
+
+
+def _official_davit_class() -> type[torch.nn.Module] | None:
+    """The official ``DaViT`` class (dingmyu/davit ``timm/models/davit.py``), or None without its source.
+
+    Set ``VISATTN_DAVIT_OFFICIAL`` to that file (``git show HEAD:timm/models/davit.py`` from a clone). It was
+    written against timm 0.4; its relative imports are served from today's timm by stub modules.
+    """
+    import os
+    import sys
+    import types
+
+    path = os.environ.get("VISATTN_DAVIT_OFFICIAL")
+    if not path:
+        return None
+    import timm.layers
+
+    def passthrough(fn):
+        return fn
+
+    pkg = types.ModuleType("davit_official")
+    pkg.__path__ = []
+    stubs = {
+        "helpers": {"build_model_with_cfg": None, "overlay_external_default_cfg": None},
+        "layers": {"DropPath": timm.layers.DropPath, "to_2tuple": timm.layers.to_2tuple,
+                   "trunc_normal_": timm.layers.trunc_normal_},
+        "registry": {"register_model": passthrough},
+        "vision_transformer": {"checkpoint_filter_fn": None, "_init_vit_weights": lambda m: None},
+    }
+    sys.modules["davit_official"] = pkg
+    for sub, names in stubs.items():
+        mod = types.ModuleType(f"davit_official.{sub}")
+        mod.__dict__.update(names)
+        sys.modules[f"davit_official.{sub}"] = mod
+    module = types.ModuleType("davit_official.davit")
+    module.__package__ = "davit_official"
+    exec(compile(Path(path).read_text(), path, "exec"), module.__dict__)
+    return module.DaViT
+
+
+def davit_cases() -> None:
+    import timm
+
+    # Reduced DaViT-T: every code path (stem, downsample, spatial + channel blocks, 3 heads/groups), small widths.
+    reduced = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), num_heads=(2, 2, 3, 4))
+    ours = dict(dims=[16, 32, 48, 64], depths=[1, 1, 2, 1], num_heads=[2, 2, 3, 4], num_classes=10)
+    cases = {
+        # 224: stage maps 56, 28, 14, 7, all divisible by the window, so no padding anywhere.
+        "davit_224": dict(size=(224, 224), batch=1, mask_padding=True),
+        # 200 x 232: stage maps 50x58, 25x29, 13x15, 7x8; timm pads windows (and downsamples) with zero tokens that
+        # stay visible as keys, which visattn reproduces with mask_padding=False.
+        "davit_pad_200x232": dict(size=(200, 232), batch=1, mask_padding=False),
+    }
+    for case, c in cases.items():
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        model = timm.create_model("davit_tiny", pretrained=False, num_classes=10, **reduced)
+        _randomize_davit(model, g)
+        x = torch.randn(c["batch"], 3, *c["size"], generator=g)
+        meta = {"reference": "timm.create_model('davit_tiny')", "reference_kwargs": reduced,
+                "timm": timm.__version__, "torch": torch.__version__,
+                "visattn_model": "davit_tiny", "visattn_overrides": {**ours, "mask_padding": c["mask_padding"]}}
+        _save(case, model, x, meta)
+    with torch.device("meta"):
+        model = timm.create_model("davit_tiny", pretrained=False)
+    _save_manifest("davit_manifest_davit_tiny", model, {"reference": "davit_tiny"})
+
+    official = _official_davit_class()
+    if official is None:
+        print("VISATTN_DAVIT_OFFICIAL not set: official-layout DaViT cases skipped")
+        return
+    # Official key layout: a reduced official model at 224 (its head: pool -> LayerNorm -> Linear, as timm's).
+    g = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    model = official(num_classes=10, drop_path_rate=0.0, **reduced)
+    _randomize_davit(model, g)
+    x = torch.randn(1, 3, 224, 224, generator=g)
+    meta = {"reference": "dingmyu/davit timm/models/davit.py DaViT", "reference_kwargs": reduced,
+            "torch": torch.__version__, "visattn_model": "davit_tiny",
+            "visattn_overrides": {**ours, "mask_padding": True}}
+    _save("davit_official_224", model, x, meta)
+    # On the CPU, not the meta device: the official constructor calls .item() on a linspace.
+    model = official(embed_dims=(96, 192, 384, 768), depths=(1, 1, 3, 1), num_heads=(3, 6, 12, 24))
+    _save_manifest("davit_manifest_official_tiny", model, {"reference": "dingmyu/davit DaViT_tiny"})
+
+
+CASES: dict[str, Callable[[], None]] = {"maxvit": maxvit_cases, "davit": davit_cases}
 
 
 def main() -> None:
