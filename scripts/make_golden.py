@@ -185,7 +185,196 @@ def davit_cases() -> None:
     _save_manifest("davit_manifest_official_tiny", model, {"reference": "dingmyu/davit DaViT_tiny"})
 
 
-CASES: dict[str, Callable[[], None]] = {"maxvit": maxvit_cases, "davit": davit_cases}
+def _randomize_mvit(model: torch.nn.Module, generator: torch.Generator) -> None:
+    # Reference init leaves every LayerNorm an identity and the relative position tables near zero (std 0.02), which
+    # would hide a wrong eps, a skipped pooling norm or a wrong table index; give them visible random values.
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("rel_pos_") or leaf in ("spatial_pos", "temporal_pos", "class_pos", "class_token"):
+            p.data.normal_(0.0, 0.3, generator=generator)
+        elif p.ndim == 1 and ("norm" in name and leaf == "weight"):
+            p.data.normal_(1.0, 0.2, generator=generator)
+        elif p.ndim == 1 and "norm" in name:
+            p.data.normal_(0.0, 0.2, generator=generator)
+
+
+def _official_mvit_class() -> type[torch.nn.Module] | None:
+    """The official image ``MViT`` class (facebookresearch/mvit ``mvit/models/mvit_model.py``), or None.
+
+    Set ``VISATTN_MVIT_OFFICIAL`` to a checkout of that repository (the folder holding ``mvit/``). Its fvcore
+    registry, logging and misc helpers are replaced by stub modules; the model and attention files run unchanged.
+    """
+    import importlib
+    import logging
+    import os
+    import sys
+    import types
+
+    root = os.environ.get("VISATTN_MVIT_OFFICIAL")
+    if not root:
+        return None
+
+    class _Registry:
+        def register(self, obj=None):
+            return obj if obj is not None else (lambda o: o)
+
+    packages = {"mvit": "mvit", "mvit.utils": "mvit/utils", "mvit.models": "mvit/models"}
+    for name, sub in packages.items():
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [os.path.join(root, sub)]
+        sys.modules[name] = pkg
+    stubs = {
+        "mvit.utils.logging": {"get_logger": logging.getLogger},
+        "mvit.utils.misc": {"validate_checkpoint_wrapper_import": lambda wrapper: None},
+        "mvit.models.build": {"MODEL_REGISTRY": _Registry()},
+    }
+    for name, attrs in stubs.items():
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        sys.modules[name] = mod
+    return importlib.import_module("mvit.models.mvit_model").MViT
+
+
+def _official_mvit_cfg(img_size: int, depths: tuple[int, ...], embed: int, heads: int, cls: bool,
+                       in_att: bool) -> object:
+    from types import SimpleNamespace
+
+    starts = [sum(depths[:i]) for i in range(1, len(depths))]
+    depth = sum(depths)
+    mvit = dict(
+        MODE="conv", POOL_FIRST=False, CLS_EMBED_ON=cls, PATCH_KERNEL=[7, 7], PATCH_STRIDE=[4, 4],
+        PATCH_PADDING=[3, 3], EMBED_DIM=embed, NUM_HEADS=heads, MLP_RATIO=4.0, QKV_BIAS=True, DROPPATH_RATE=0.0,
+        DEPTH=depth, DIM_MUL=[[s, 2.0] for s in starts], HEAD_MUL=[[s, 2.0] for s in starts],
+        POOL_KV_STRIDE=None, POOL_KV_STRIDE_ADAPTIVE=[4, 4],
+        POOL_Q_STRIDE=[[i, 2, 2] if i in starts else [i, 1, 1] for i in range(depth)], POOL_KVQ_KERNEL=[3, 3],
+        ZERO_DECAY_POS_CLS=False, USE_ABS_POS=False, REL_POS_SPATIAL=True, REL_POS_ZERO_INIT=False,
+        RESIDUAL_POOLING=True, DIM_MUL_IN_ATT=in_att,
+    )
+    return SimpleNamespace(
+        DATA=SimpleNamespace(TRAIN_CROP_SIZE=img_size, TEST_CROP_SIZE=img_size),
+        MODEL=SimpleNamespace(NUM_CLASSES=10, DROPOUT_RATE=0.0, HEAD_ACT="softmax", ACT_CHECKPOINT=False),
+        MVIT=SimpleNamespace(**mvit),
+    )
+
+
+def _torchvision_mvit_blocks(dims, depths, heads, kv_stride, v2: bool) -> list:
+    """torchvision ``MSBlockConfig`` list of a reduced MViT v1 (``v2=False``) or MViTv2 (``v2=True``) video model."""
+    from torchvision.models.video.mvit import MSBlockConfig
+
+    blocks, kv, dim_in = [], list(kv_stride), dims[0]
+    for s, depth in enumerate(depths):
+        for j in range(depth):
+            stride = [1, 2, 2] if (s > 0 and j == 0) else [1, 1, 1]
+            if j == 0:
+                kv = [max(k // q, 1) for k, q in zip(kv, stride)]
+            if v2:
+                out = dims[s]
+            else:
+                out = dims[min(s + 1, len(dims) - 1)] if j == depth - 1 else dims[s]
+            pool_q = v2 or stride != [1, 1, 1]
+            blocks.append(MSBlockConfig(num_heads=heads[s], input_channels=dim_in, output_channels=out,
+                                        kernel_q=[3, 3, 3] if pool_q else [], kernel_kv=[3, 3, 3],
+                                        stride_q=stride if pool_q else [], stride_kv=list(kv)))
+            dim_in = out
+    return blocks
+
+
+def mvit_cases() -> None:
+    import timm
+    import torchvision
+    from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
+
+    # Reduced MViTv2-T (timm): per-stage widths and heads with head_dim 8, same pooling/strides/rel-pos code paths.
+    dims, heads = (16, 24, 32, 48), (2, 3, 4, 6)
+    base = dict(depths=(1, 2, 1, 1), embed_dim=dims, num_heads=heads)
+    ours = dict(dims=list(dims), depths=[1, 2, 1, 1], num_heads=list(heads), num_classes=10)
+    cases = {
+        # The mvitv2_tiny layout at 224: tables used at exactly the size they were built for.
+        "mvit_timm_224": (dict(), dict(), 224, 1),
+        # Class token (timm adds the residual pooled query to it: residual_pool_cls=True) at 96.
+        "mvit_timm_cls_96": (dict(use_cls_token=True), dict(cls_token=True, global_pool="token",
+                                                            residual_pool_cls=True), 96, 2),
+        # mvitv2_large layout: channels grow in the MLP of each stage's last block.
+        "mvit_timm_mlpdim_96": (dict(expand_attn=False), dict(dim_mul_in_att=False), 96, 2),
+        # Max pooling (no pooling norms).
+        "mvit_timm_max_96": (dict(mode="max"), dict(pool_mode="max"), 96, 2),
+    }
+    for case, (extra, extra_ours, size, batch) in cases.items():
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        cfg = MultiScaleVitCfg(**base, **extra)
+        model = MultiScaleVit(cfg, img_size=size, num_classes=10)
+        _randomize_mvit(model, g)
+        x = torch.randn(batch, 3, size, size, generator=g)
+        meta = {"reference": "timm.models.mvitv2.MultiScaleVit(MultiScaleVitCfg(**kwargs), img_size, num_classes=10)",
+                "reference_kwargs": {**base, **extra, "img_size": size}, "timm": timm.__version__,
+                "torch": torch.__version__, "visattn_model": "mvitv2_tiny",
+                "visattn_overrides": {**ours, **extra_ours, "img_size": [size, size]}}
+        _save(case, model, x, meta)
+
+    # Reduced torchvision video models: MViT v1 (separable absolute positions, class token) and MViTv2 (spatial and
+    # temporal rel-pos, residual pooling that skips the class token), 4 frames of 64x64.
+    from torchvision.models.video.mvit import MViT as TorchvisionMViT
+
+    vdims, vheads, vdepths = (16, 32, 48, 64), (1, 2, 2, 4), (1, 2, 1, 1)
+    video = {
+        "mvit_tv_v1_video": (False, dict(residual_pool=False, residual_with_cls_embed=False, rel_pos_embed=False,
+                                         proj_after_attn=False), "mvit_v1_base_16x4"),
+        "mvit_tv_v2_video": (True, dict(residual_pool=True, residual_with_cls_embed=False, rel_pos_embed=True,
+                                        proj_after_attn=True), "mvitv2_small_video"),
+    }
+    for case, (v2, flags, name) in video.items():
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        blocks = _torchvision_mvit_blocks(vdims, vdepths, vheads, (1, 8, 8), v2)
+        model = TorchvisionMViT(spatial_size=(64, 64), temporal_size=4, block_setting=blocks, num_classes=10,
+                                **flags)
+        _randomize_mvit(model, g)
+        x = torch.randn(2, 3, 4, 64, 64, generator=g)
+        meta = {"reference": "torchvision.models.video.mvit.MViT(spatial_size=(64, 64), temporal_size=4, ...)",
+                "reference_kwargs": {**flags, "dims": vdims, "depths": vdepths, "heads": vheads},
+                "torchvision": torchvision.__version__, "torch": torch.__version__, "visattn_model": name,
+                "visattn_overrides": {"dims": list(vdims), "depths": list(vdepths), "num_heads": list(vheads),
+                                      "img_size": [4, 64, 64], "num_classes": 10}}
+        _save(case, model, x, meta)
+
+    # Official facebookresearch/mvit image model (optional): class token whose residual pooling is skipped, flat
+    # ``blocks.N`` keys, ``blocks.N.proj`` channel projections in attention or in the MLP.
+    official = _official_mvit_class()
+    if official is None:
+        print("VISATTN_MVIT_OFFICIAL not set: skipping the official facebookresearch/mvit cases")
+    else:
+        # (timm's pool-first attention cannot run: it multiplies q by untransposed keys; the official one can.)
+        official_cases = (("mvit_official_cls_96", True, True, False), ("mvit_official_mlpdim_96", False, False, False),
+                          ("mvit_official_poolfirst_96", False, True, True))
+        for case, cls, in_att, pool_first in official_cases:
+            g = torch.Generator().manual_seed(0)
+            torch.manual_seed(0)
+            depths = (1, 2, 1, 1)
+            cfg = _official_mvit_cfg(96, depths, 8, 1, cls, in_att)
+            cfg.MVIT.POOL_FIRST = pool_first
+            model = official(cfg)
+            model.head.act = torch.nn.Identity()  # logits, not the eval-time softmax
+            _randomize_mvit(model, g)
+            x = torch.randn(2, 3, 96, 96, generator=g)
+            overrides = {"dims": [8, 16, 32, 64], "depths": list(depths), "num_heads": [1, 2, 4, 8],
+                         "num_classes": 10, "img_size": [96, 96], "dim_mul_in_att": in_att, "pool_first": pool_first}
+            if cls:
+                overrides.update(cls_token=True, global_pool="token")
+            meta = {"reference": "facebookresearch/mvit MViT(cfg), head.act removed", "torch": torch.__version__,
+                    "visattn_model": "mvitv2_tiny", "visattn_overrides": overrides}
+            _save(case, model, x, meta)
+
+    # Full-size key/shape manifests: every reference key must map onto visattn's full-size models (checked on meta).
+    with torch.device("meta"):
+        for timm_name in ("mvitv2_tiny", "mvitv2_large", "mvitv2_base_cls"):
+            _save_manifest(f"mvit_manifest_{timm_name}", timm.create_model(timm_name), {"reference": timm_name})
+        for tv_name in ("mvit_v1_b", "mvit_v2_s"):
+            model = getattr(torchvision.models.video, tv_name)()
+            _save_manifest(f"mvit_manifest_tv_{tv_name}", model, {"reference": f"torchvision {tv_name}"})
+
+
+CASES: dict[str, Callable[[], None]] = {"maxvit": maxvit_cases, "davit": davit_cases, "mvit": mvit_cases}
 
 
 def main() -> None:
