@@ -187,6 +187,12 @@ class MaxViT(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         check_image(x, self.config.in_chans, who=type(self).__name__, min_size=self.min_input_size)
 
+    @staticmethod
+    def _to_channels_last(x: Tensor) -> Tensor:
+        # NHWC memory: oneDNN convolutions run faster on it, and every (B, C, H, W) <-> (B, H, W, C) permute
+        # between the MBConv and the attention layers becomes a free view instead of a copy.
+        return x.contiguous(memory_format=torch.channels_last)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
@@ -198,12 +204,12 @@ class MaxViT(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Shape: (B, in_chans, H, W) -> (B, dims[-1], ceil(H / 32), ceil(W / 32))."""
         self._check_input(x)
-        return self.stages(self.stem(x))
+        return self.stages(self.stem(self._to_channels_last(x)))
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """The output of every stage, (B, dims[i], H / 2^(i+2), W / 2^(i+2)) (rounded up), for dense tasks."""
         self._check_input(x)
-        x = self.stem(x)
+        x = self.stem(self._to_channels_last(x))
         features = []
         for stage in self.stages:
             x = stage(x)
