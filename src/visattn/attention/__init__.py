@@ -5,3 +5,4 @@ from . import attn_conv  # noqa: F401
 from . import channel_group, spatial_window  # noqa: F401
 from . import pooling  # noqa: F401
 from . import cross_masked  # noqa: F401
+from . import anchored_stripe, window_v2  # noqa: F401

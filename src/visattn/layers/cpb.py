@@ -1,0 +1,140 @@
+"""Cosine attention with a learnable logit scale and a continuous position bias (Swin V2, used by GRL).
+
+Logits are ``cos(q, k) * exp(min(logit_scale, log 100)) + 16 * sigmoid(MLP(coords))``: the similarity is bounded,
+a per-head learnable temperature sets its sharpness, and a small MLP maps log-spaced relative coordinates to a
+bias, so one set of weights serves any window or stripe size.
+
+GRL also lets a window of queries attend to a smaller window of *anchors* (the window average-pooled by a down
+factor). The relative coordinates then compare positions in two grids of different sizes, both counted from 0; the
+offsets below reproduce the official tables exactly (ofsoundof/GRL-Image-Restoration ``models/common/ops.py``,
+``get_relative_coords_table_all`` and ``get_relative_position_index_simple``), so released weights see the same
+bias.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask", "cosine_qk"]
+
+# Swin V2 / GRL clamp the learnable logit scale at log(1 / 0.01), i.e. a temperature of at most 100.
+_MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@functools.lru_cache(maxsize=64)
+def cpb_coords(size: tuple[int, int], anchor_size: tuple[int, int] | None = None) -> Tensor:
+    """Log-spaced relative coordinates (T0, T1, 2) fed to the bias MLP, on the CPU.
+
+    For a window of ``size`` attending to itself (``anchor_size`` None) the offsets run from -(S-1) to S-1. With an
+    anchor grid of size A = S // down_factor, they run from -(A-1) - (S-A)//2 to (S-1) - (S-A)//2 (T = S + A - 1
+    values per axis). Each axis is divided by its largest offset, scaled to [-8, 8] and mapped through
+    sign(t) * log2(1 + |t|) / log2(8) (Swin V2, Eq. 4).
+    """
+    anchor_size = anchor_size or size
+    axes = []
+    for s, a in zip(size, anchor_size):
+        lo, hi = -(a - 1) - (s - a) // 2, (s - 1) - (s - a) // 2
+        axes.append(torch.arange(lo, hi + 1, dtype=torch.float32, device="cpu") / max(hi, 1))
+    table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) * 8   # (T0, T1, 2) in [-8, 8]
+    return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+
+
+@functools.lru_cache(maxsize=64)
+def cpb_index(size: tuple[int, int], anchor_size: tuple[int, int] | None = None, anchor_queries: bool = False) -> Tensor:
+    """(Nq, Nk) flat index into the (T0, T1) coordinate table for every (query, key) pair, on the CPU.
+
+    Without anchors, queries and keys are the S0*S1 window pixels and the offset is query - key. With anchors,
+    ``anchor_queries=False`` pairs window queries with anchor keys (offset window - anchor), ``True`` anchor
+    queries with window keys (offset anchor - window); both grids are counted from 0.
+    """
+    anchor_size = anchor_size or size
+
+    def grid(shape: tuple[int, int]) -> Tensor:
+        rows, cols = torch.meshgrid(torch.arange(shape[0], device="cpu"), torch.arange(shape[1], device="cpu"),
+                                    indexing="ij")
+        return torch.stack([rows.flatten(), cols.flatten()])            # (2, N)
+
+    win, anc = grid(size), grid(anchor_size)
+    q, k = (anc, win) if anchor_queries else (win, anc)
+    # shift the smallest offset to 0: -(S-1) for anchor queries, -(A-1) for window queries
+    offset = [(s - 1) if anchor_queries else (a - 1) for s, a in zip(size, anchor_size)]
+    d = q[:, :, None] - k[:, None, :]                                    # (2, Nq, Nk)
+    width = size[1] + anchor_size[1] - 1                                 # T1
+    return (d[0] + offset[0]) * width + (d[1] + offset[1])
+
+
+def _region_labels(size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
+    # After a cyclic roll by -shift, the last window row/column mixes pixels from opposite image borders; label the
+    # three bands (0 .. S-w, S-w .. S-s, S-s .. S) per axis so pixels that were not neighbours can be told apart.
+    labels = []
+    for n, w, s in zip(size, window, shift):
+        lab = torch.zeros(n, dtype=torch.long, device="cpu")
+        if s > 0:
+            lab[n - w:] = 1
+            lab[n - s:] = 2
+        labels.append(lab)
+    return labels[0][:, None] * 3 + labels[1][None, :]                   # (H, W)
+
+
+@functools.lru_cache(maxsize=64)
+def shift_region_mask(size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int],
+                      key_size: tuple[int, int] | None = None, key_window: tuple[int, int] | None = None,
+                      key_shift: tuple[int, int] | None = None, value: float = -100.0) -> Tensor:
+    """(nW, Nq, Nk) additive mask of shifted-window attention: 0 within a region, ``value`` across regions.
+
+    Queries live on a (H, W) map cut into ``window`` tiles after a roll by -``shift``; keys on the same map, or on a
+    smaller one (anchors: ``key_size``, ``key_window``, ``key_shift``). ``value`` is -100, not -inf, as in Swin and
+    GRL's official code (``calculate_mask``), whose released weights were trained with it.
+    """
+    key_size, key_window, key_shift = key_size or size, key_window or window, key_shift or shift
+
+    def per_window(lab: Tensor, win: tuple[int, int]) -> Tensor:
+        H, W = lab.shape
+        lab = lab.view(H // win[0], win[0], W // win[1], win[1])       # (nH, w0, nW, w1)
+        return lab.permute(0, 2, 1, 3).reshape(-1, win[0] * win[1])    # (nWin, w0*w1)
+
+    q = per_window(_region_labels(size, window, shift), window)
+    k = per_window(_region_labels(key_size, key_window, key_shift), key_window)
+    mask = torch.zeros(q.shape[0], q.shape[1], k.shape[1], device="cpu")
+    return mask.masked_fill(q[:, :, None] != k[:, None, :], value)      # (nWin, Nq, Nk)
+
+
+def cosine_qk(q: Tensor, k: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """Unit-normalise q and k along the last dimension and fold the per-head scale (heads, 1, 1) into q.
+
+    ``attend(q, k, v, scale=1.0)`` on the result gives cosine-similarity attention.
+    """
+    return F.normalize(q, dim=-1) * scale.to(q.dtype), F.normalize(k, dim=-1)
+
+
+class CosineAttnTransform(nn.Module):
+    """Per-head logit scale and continuous position bias of one cosine attention.
+
+    Args:
+        num_heads: attention heads.
+        hidden: width of the bias MLP (512 in Swin V2 and GRL).
+
+    The parameter names (``logit_scale``, ``cpb_mlp.0``, ``cpb_mlp.2``) are those of GRL's ``AffineTransform``.
+    """
+
+    def __init__(self, num_heads: int, hidden: int = 512):
+        super().__init__()
+        self.num_heads = num_heads
+        # Initial temperature 10 (Swin V2 / GRL AffineTransform).
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_heads, bias=False))
+
+    def scale(self) -> Tensor:
+        """(heads, 1, 1) multiplicative logit scale."""
+        return self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
+
+    def bias(self, coords: Tensor, index: Tensor) -> Tensor:
+        """(heads, Nq, Nk) position bias from a (T0, T1, 2) coordinate table and a (Nq, Nk) index into it."""
+        table = self.cpb_mlp(coords).view(-1, self.num_heads)            # (T0*T1, heads)
+        bias = table[index.view(-1)].view(*index.shape, self.num_heads)  # (Nq, Nk, heads)
+        return 16 * torch.sigmoid(bias.permute(2, 0, 1))                 # (heads, Nq, Nk), Swin V2 bounds it to 16
