@@ -374,7 +374,62 @@ def mvit_cases() -> None:
             _save_manifest(f"mvit_manifest_tv_{tv_name}", model, {"reference": f"torchvision {tv_name}"})
 
 
+def seeded_resnet_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Deterministic random weights for a torchvision ResNet key/shape manifest (tests/test_catnet.py has the same
+    function): the golden file stores key names, input and outputs, not 25M weights. Keys are visited sorted, so
+    the tensors depend only on the names and shapes, never on module construction order."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key in sorted(shapes):
+        shape = shapes[key]
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=torch.long)
+        elif key.endswith("running_var"):
+            state[key] = torch.empty(shape).uniform_(0.5, 2.0, generator=g)
+        elif len(shape) == 1 and key.endswith("weight"):                 # BatchNorm gamma
+            state[key] = torch.empty(shape).normal_(0.6, 0.1, generator=g)
+        elif len(shape) == 1:                                             # BatchNorm beta / running mean, fc bias
+            state[key] = torch.empty(shape).normal_(0.0, 0.2, generator=g)
+        else:                                                             # conv / fc weights, unit-variance fan-in
+            fan_in = int(torch.tensor(shape[1:]).prod())
+            state[key] = torch.randn(shape, generator=g) * fan_in ** -0.5
+    return state
+
+
+def catnet_cases() -> None:
+    import torchvision
+
+    # CAT-Net's MIFE is a torchvision-compatible ResNet. Manifests: every torchvision key and shape (checked on meta).
+    for name in ("resnet50", "resnet101"):
+        with torch.device("meta"):
+            model = getattr(torchvision.models, name)()
+        _save_manifest(f"catnet_manifest_{name}", model, {"reference": f"torchvision.models.{name}()",
+                                                          "torchvision": torchvision.__version__})
+    # Parity: the full ResNet-50, plain and dilated (output stride 8), with seeded weights, on a 72x88 input.
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 72, 88, generator=g)
+    tensors = {"input": x}
+    for case, dilate in (("output", [False, False, False]), ("output_dilated", [False, True, True])):
+        model = torchvision.models.resnet50(replace_stride_with_dilation=dilate).eval()
+        shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+        model.load_state_dict(seeded_resnet_state(shapes, seed=0))
+        with torch.no_grad():
+            tensors[case] = model(x)
+            if not any(dilate):                                          # the dilated map alone is 1.6 MB
+                tensors["features"] = torch.nn.Sequential(*list(model.children())[:-2])(x)
+    meta = {"reference": "torchvision.models.resnet50(replace_stride_with_dilation=...)", "weights":
+            "seeded_resnet_state(shapes, seed=0)", "torchvision": torchvision.__version__, "torch": torch.__version__,
+            "dilate": {"output": [False, False, False], "output_dilated": [False, True, True]}}
+    path = OUT / "catnet_resnet50_seeded.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"meta": json.dumps(meta)})
+    print(f"{path.name}: {path.stat().st_size / 1e3:.0f} kB, logits {tuple(tensors['output'].shape)}, "
+          f"|logits| max {float(tensors['output'].abs().max()):.3g}")
+
+
 CASES: dict[str, Callable[[], None]] = {"maxvit": maxvit_cases, "davit": davit_cases, "mvit": mvit_cases}
+CASES["catnet"] = catnet_cases
 
 
 def main() -> None:
