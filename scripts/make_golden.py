@@ -428,8 +428,103 @@ def catnet_cases() -> None:
           f"|logits| max {float(tensors['output'].abs().max()):.3g}")
 
 
+# GRL: reduced official models (ofsoundof/GRL-Image-Restoration) with random weights; the official code is not part
+# of this repository: VISATTN_GRL_OFFICIAL names a folder holding its ``models`` package (needs fairscale, omegaconf).
+GRL_GOLDEN = {
+    # pixelshuffle x2, GRL-B's CAB branch, fixed non-square stripes (H and W layers differ), both shifts, 20x28 input
+    # reflect-padded to 24x32
+    "grl_sr2_cab": (dict(in_channels=3, upscale=2, upsampler="pixelshuffle", embed_dim=18, depths=[4],
+                         num_heads_window=[3], num_heads_stripe=[3], window_size=4, stripe_size=[8, 4],
+                         stripe_groups=[None, None], anchor_window_down_factor=2, local_connection=True),
+                    (1, 3, 20, 28)),
+    # pixelshuffledirect x3 (GRL-T's head), stripes of W/2 and H/2 from stripe_groups, square input (the official
+    # grouped vertical stripes need H == W), reflect-padded 22 -> 24
+    "grl_sr3_direct_groups": (dict(in_channels=3, upscale=3, upsampler="pixelshuffledirect", embed_dim=24,
+                                   depths=[4], num_heads_window=[2], num_heads_stripe=[2], window_size=4,
+                                   stripe_size=[4, None], stripe_groups=[None, 2], anchor_window_down_factor=2),
+                              (2, 3, 22, 22)),
+    # grayscale denoising head (input residual), stripes 8x16 / 16x8, anchors pooled by 4, 30x20 -> 32x32
+    "grl_denoise_gray": (dict(in_channels=1, upscale=1, upsampler="", embed_dim=24, depths=[4],
+                              num_heads_window=[2], num_heads_stripe=[3], window_size=8, stripe_size=[8, 16],
+                              stripe_groups=[None, None], anchor_window_down_factor=4), (1, 1, 30, 20)),
+}
+GRL_SHARED = dict(img_size=64, mlp_ratio=2, stripe_shift=True, qkv_proj_type="linear", anchor_proj_type="avgpool",
+                  anchor_one_stage=True, out_proj_type="linear", conv_type="1conv", init_method="n")
+GRL_MANIFESTS = {  # visattn variant -> official arguments
+    "grl_tiny": dict(upscale=4, upsampler="pixelshuffledirect", embed_dim=64, depths=[4] * 4,
+                     num_heads_window=[2] * 4, num_heads_stripe=[2] * 4),
+    "grl_small_x2": dict(upscale=2, upsampler="pixelshuffle", embed_dim=128, depths=[4] * 4,
+                         num_heads_window=[2] * 4, num_heads_stripe=[2] * 4),
+    "grl_base": dict(upscale=4, upsampler="pixelshuffle", embed_dim=180, depths=[4, 4, 8, 8, 8, 4, 4],
+                     num_heads_window=[3] * 7, num_heads_stripe=[3] * 7, local_connection=True),
+    "grl_base_denoise": dict(upscale=1, upsampler="", embed_dim=180, depths=[4, 4, 8, 8, 8, 4, 4],
+                             num_heads_window=[3] * 7, num_heads_stripe=[3] * 7, local_connection=True),
+}
+
+
+def _grl_ours(kw: dict) -> dict:
+    # official GRL arguments -> visattn GRLConfig overrides
+    out = {k: kw[k] for k in ("upscale", "embed_dim", "window_size", "local_connection") if k in kw}
+    out.update(in_chans=kw["in_channels"], upsampler=kw["upsampler"] or "pixelshuffle",
+               depths=kw["depths"], num_heads_window=kw["num_heads_window"], num_heads_stripe=kw["num_heads_stripe"],
+               stripe_size=kw["stripe_size"], stripe_groups=kw["stripe_groups"],
+               anchor_down_factor=kw["anchor_window_down_factor"])
+    return out
+
+
+def grl_cases() -> None:
+    import os
+    import sys
+    import warnings
+
+    folder = os.environ.get("VISATTN_GRL_OFFICIAL")
+    if not folder:
+        print("grl: set VISATTN_GRL_OFFICIAL to a checkout of ofsoundof/GRL-Image-Restoration; skipped")
+        return
+    sys.path.insert(0, folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the official code imports timm.models.layers
+        from models.networks.grl import GRL  # type: ignore[import-not-found]
+    for case, (kw, shape) in GRL_GOLDEN.items():
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        model = GRL(**GRL_SHARED, **kw)
+        # Wider than the official init (LayerNorm 1/0, linear std 0.02), so a wrong norm, bias or role shows.
+        for name, p in model.named_parameters():
+            if name.endswith("logit_scale"):
+                p.data.add_(torch.randn(p.shape, generator=g) * 0.5)
+            elif "norm" in name and name.endswith("weight"):
+                p.data.normal_(1.0, 0.2, generator=g)
+            elif p.ndim <= 2:                                            # linear weights and every bias
+                p.data.normal_(0.0, 0.05 if p.ndim == 2 else 0.1, generator=g)
+        x = torch.rand(*shape, generator=g)
+        buffers = ("table_", "index_", "mask_")
+        model.eval()
+        with torch.no_grad():
+            y = model(x)
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith(buffers)}
+        from safetensors.torch import save_file
+
+        tensors = {f"state.{k}": v.contiguous() for k, v in state.items()}
+        tensors.update(input=x.contiguous(), output=y.contiguous())
+        meta = {"reference": "GRL-Image-Restoration models/networks/grl.py GRL(...)",
+                "reference_kwargs": {**GRL_SHARED, **kw}, "torch": torch.__version__,
+                "visattn_model": "grl_tiny", "visattn_overrides": _grl_ours(kw)}
+        path = OUT / f"{case}.safetensors"
+        save_file(tensors, str(path), metadata={"meta": json.dumps(meta)})
+        print(f"{path.name}: {path.stat().st_size / 1e3:.0f} kB, output {tuple(y.shape)}")
+    for name, kw in GRL_MANIFESTS.items():
+        full = dict(GRL_SHARED, img_size=128, in_channels=3, window_size=32, stripe_size=[64, 64],
+                    stripe_groups=[None, None], anchor_window_down_factor=4, **kw)
+        model = GRL(**full)
+        n_params = sum(p.numel() for p in model.parameters())
+        _save_manifest(f"grl_manifest_{name}", model, {"reference": "GRL(...)", "reference_kwargs": full,
+                                                       "params": n_params})
+
+
 CASES: dict[str, Callable[[], None]] = {"maxvit": maxvit_cases, "davit": davit_cases, "mvit": mvit_cases}
 CASES["catnet"] = catnet_cases
+CASES["grl"] = grl_cases
 
 
 def main() -> None:

@@ -5,3 +5,4 @@ from . import cloformer  # noqa: F401
 from . import davit  # noqa: F401
 from . import mvit  # noqa: F401
 from . import catnet  # noqa: F401
+from . import grl  # noqa: F401
