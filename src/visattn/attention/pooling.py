@@ -140,7 +140,8 @@ class PoolingAttention(nn.Module):
         self.residual_pooling, self.residual_pool_cls = residual_pooling, residual_pool_cls
         self.kernel_q, self.kernel_kv = _tuple(kernel_q, n, "kernel_q"), _tuple(kernel_kv, n, "kernel_kv")
         self.stride_q, self.stride_kv = _tuple(stride_q, n, "stride_q"), _tuple(stride_kv, n, "stride_kv")
-        self.padding_q = tuple(k // 2 for k in self.kernel_q) if padding_q is None else _tuple(padding_q, n, "padding_q")
+        self.padding_q = (tuple(k // 2 for k in self.kernel_q) if padding_q is None
+                          else _tuple(padding_q, n, "padding_q"))
         self.padding_kv = (tuple(k // 2 for k in self.kernel_kv) if padding_kv is None
                            else _tuple(padding_kv, n, "padding_kv"))
         if mode != "conv":
@@ -234,23 +235,27 @@ class PoolingAttention(nn.Module):
         return t, size
 
     def _rel_pos_bias(self, q: Tensor, q_size: tuple[int, ...], k_size: tuple[int, ...], prefix: int) -> Tensor:
-        """The decomposed relative position logits (B, heads, Nq, Nk): sum over axes of q . R_axis[q_pos, k_pos]."""
+        """The decomposed relative position logits (B, heads, Nq, Nk): sum over axes of q . R_axis[q_pos, k_pos].
+
+        Per axis, ``q . R`` gives a (B, heads, Nq, k_axis) term; the terms are concatenated and spread over the key
+        map by one matmul with the keys' one-hot axis coordinates (Nk, sum of k_axis). Adding broadcast terms
+        instead, as the reference code does, is several times slower on CPU for the same (exact) sums.
+        """
         B, nh, _, c = q.shape
         n = self.spatial_dims
         r_q = q[:, :, prefix:].reshape(B, nh, *q_size, c)              # (B, heads, *q_size, c)
         letters = _AXES[-n:]
-        bias = None
+        terms = []
         for axis, name in enumerate(self.rel_pos_names):
             qa, ka = q_size[axis], k_size[axis]
             table = _resize_table(getattr(self, name), 2 * max(qa, ka) - 1)
             rel = table[rel_pos_index(qa, ka, table.device)]           # (qa, ka, c)
             a = letters[axis]
-            term = torch.einsum(f"bn{letters}c,{a}kc->bn{letters}k", r_q, rel)  # (B, heads, *q_size, ka)
-            view = [1] * n
-            view[axis] = ka
-            term = term.reshape(B, nh, *q_size, *view)                 # (B, heads, *q_size, 1.., ka, ..1)
-            bias = term if bias is None else bias + term
-        bias = bias.reshape(B, nh, math.prod(q_size), math.prod(k_size))  # (B, heads, Nq, Nk)
+            terms.append(torch.einsum(f"bn{letters}c,{a}kc->bn{letters}k", r_q, rel))  # (B, heads, *q_size, ka)
+        terms = torch.cat(terms, dim=-1).reshape(B, nh, math.prod(q_size), sum(k_size))  # (B, heads, Nq, sum k)
+        grids = torch.meshgrid(*[torch.arange(k, device=q.device) for k in k_size], indexing="ij")
+        onehot = torch.cat([F.one_hot(g.flatten(), k) for g, k in zip(grids, k_size)], dim=1)  # (Nk, sum k)
+        bias = terms @ onehot.to(terms.dtype).t()                      # (B, heads, Nq, Nk)
         if prefix:
             bias = F.pad(bias, (prefix, 0, prefix, 0))                 # no position term for the class token
         return bias
