@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PIP_EXTRA) "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet $(PIP_EXTRA) -e ".[data,test]"
+	$(PY) -m pip install --quiet $(PIP_EXTRA) -e ".[data,cli,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

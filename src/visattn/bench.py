@@ -1,0 +1,250 @@
+"""Timing, memory and FLOPs of a model or an attention module, over a list of resolutions.
+
+* FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` on meta tensors (no compute, any size), through the
+  reference attention path so every attention matmul is an explicit, counted op. Reported as GMACs
+  (multiply-adds = counted FLOPs / 2), the convention of the papers' "FLOPs" columns.
+* Time: median wall time of ``iters`` calls after ``warmup`` calls (CUDA synchronised), eager or ``torch.compile``.
+* Memory: CUDA peak allocated bytes; on CPU (no allocator statistics) the peak total size of live tensors that ops
+  produced during the call, followed by storage weak references (kernel-internal workspaces are not seen).
+
+:class:`GlobalAttention` is the baseline the scaling plot compares every mechanism with: plain multi-head
+self-attention over all H*W tokens, O((H*W)^2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .layers.attend import attend, use_fused
+from .layers.checks import check_image
+
+__all__ = ["GlobalAttention", "count_flops", "model_summary", "time_call", "peak_memory", "bench_rows",
+           "example_input_shape"]
+
+
+class GlobalAttention(nn.Module):
+    """Multi-head self-attention over every pixel of a (B, C, H, W) map: the quadratic baseline.
+
+    Args:
+        dim: channels.
+        head_dim: channels per head.
+    """
+
+    def __init__(self, dim: int, head_dim: int = 32):
+        super().__init__()
+        if dim % head_dim:
+            head_dim = dim
+        self.dim, self.num_heads, self.head_dim = dim, dim // head_dim, head_dim
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Shape: (B, C, H, W) -> (B, C, H, W)."""
+        check_image(x, self.dim, who="GlobalAttention")
+        B, C, H, W = x.shape
+        tokens = x.flatten(2).transpose(1, 2)                          # (B, H*W, C)
+        qkv = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                  # 3 x (B, heads, H*W, hd)
+        out = attend(q, k, v).transpose(1, 2).reshape(B, H * W, C)     # (B, H*W, C)
+        return self.proj(out).transpose(1, 2).reshape(B, C, H, W)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs (2 per multiply-add) of ``fn()``, counted with the reference attention path."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, use_fused(False):
+        fn()
+    return counter.get_total_flops()
+
+
+def example_input_shape(model: nn.Module, size: tuple[int, int], batch: int = 1) -> tuple[int, ...]:
+    """Input shape of ``model`` at ``size``: (B, C, H, W), or (B, C, T, H, W) for video models."""
+    config = getattr(model, "config", None)
+    in_chans = getattr(config, "in_chans", None) or getattr(model, "dim", 3)
+    if getattr(model, "input_ndim", 4) == 5:
+        frames = getattr(config, "num_frames", None)
+        img_size = getattr(config, "img_size", None)
+        if frames is None and isinstance(img_size, (tuple, list)) and len(img_size) == 3:
+            frames = img_size[0]
+        return (batch, in_chans, frames or 16, *size)
+    return (batch, in_chans, *size)
+
+
+def model_summary(name: str, img_size: int | tuple[int, int] | None = 224, **overrides: Any) -> dict[str, Any]:
+    """Parameters (meta device) and GMACs at ``img_size`` (None: skip) of registered model ``name``."""
+    from .registry import create_model, get_model_class, reference_params
+
+    cls = get_model_class(name)
+    with torch.device("meta"):
+        model = create_model(name, **overrides).eval()
+    out: dict[str, Any] = {
+        "name": name, "class": cls.__name__, "module": cls.__module__, "config": model.config,
+        "params": sum(p.numel() for p in model.parameters()),
+        "reference_params": reference_params(name) if not overrides else None,
+        "min_input_size": getattr(cls, "min_input_size", None), "feature_info": getattr(model, "feature_info", []),
+    }
+    if img_size is not None:
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        shape = example_input_shape(model, size)
+        try:
+            out["gmacs"] = count_flops(lambda: model(torch.empty(shape, device="meta"))) / 2e9
+        except (NotImplementedError, RuntimeError):  # an op without a meta kernel: count on a real forward
+            model = create_model(name, **overrides).eval()
+            with torch.no_grad():
+                out["gmacs"] = count_flops(lambda: model(torch.zeros(shape))) / 2e9
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, *, warmup: int = 2, iters: int = 5,
+              max_seconds: float | None = None) -> float:
+    """Median milliseconds of ``fn()`` (after ``warmup`` calls); stops early after ``max_seconds``."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    begin = time.perf_counter()
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        if max_seconds is not None and time.perf_counter() - begin > max_seconds:
+            break
+    return 1000 * statistics.median(times)
+
+
+class _LiveTensorBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Peak bytes of live storages produced by ops inside the mode (CPU memory has no allocator statistics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        self._weak = StorageWeakRef
+        self.live: dict[int, tuple[Any, int]] = {}
+        self.current = self.peak = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = (self._weak(storage), storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.current -= self.live.pop(key)[1]
+        return out
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> float:
+    """Peak memory of ``fn()`` in MiB above what was allocated before it (see the module docstring)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    tracker = _LiveTensorBytes()
+    with tracker:
+        fn()
+    return tracker.peak / 2**20
+
+
+@dataclasses.dataclass
+class Target:
+    """Something to benchmark: a name, its kind (model / attention) and a builder of a fresh module."""
+
+    name: str
+    kind: str
+    build: Callable[[], nn.Module]
+
+
+def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, batch: int = 1,
+               mode: str = "fwd", dtype: str = "fp32", device: torch.device = torch.device("cpu"),
+               compile: bool = False, warmup: int = 2, iters: int = 5, max_seconds: float | None = 10.0,
+               max_tokens: int | None = None, memory: bool = True) -> Iterator[dict[str, Any]]:
+    """Measure every target at every size; yields one CSV row per (target, size).
+
+    Args:
+        mode: ``fwd`` (inference, no grad) or ``fwdbwd`` (forward + backward of the output's sum).
+        dtype: ``fp32`` or ``bf16`` (autocast).
+        max_tokens: skip timing (FLOPs still counted) where H*W exceeds this, e.g. for global attention.
+    """
+    if mode not in ("fwd", "fwdbwd"):
+        raise ValueError(f"mode must be fwd or fwdbwd, got {mode!r}")
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
+    for target in targets:
+        module = target.build().to(device)
+        module.train(mode == "fwdbwd")
+        runner = torch.compile(module) if compile else module
+        for size in sizes:
+            shape = example_input_shape(module, size, batch)
+            row: dict[str, Any] = {"name": target.name, "kind": target.kind, "height": size[0], "width": size[1],
+                                   "pixels": size[0] * size[1], "batch": batch, "mode": mode, "dtype": dtype,
+                                   "device": device.type, "compile": compile}
+            with torch.device("meta"):
+                meta_module = target.build()
+            meta_module.train(mode == "fwdbwd")
+            try:
+                flops = count_flops(lambda: _step(meta_module, torch.empty(shape, device="meta",
+                                                                            requires_grad=mode == "fwdbwd"), mode))
+                row["gmacs"] = flops / 2e9 / batch
+            except (NotImplementedError, RuntimeError):
+                row["gmacs"] = None
+            if max_tokens is not None and size[0] * size[1] > max_tokens:
+                row.update(ms=None, img_per_s=None, peak_mem_mb=None, note=f"skipped: more than {max_tokens} tokens")
+                yield row
+                continue
+            x = torch.randn(shape, device=device, requires_grad=mode == "fwdbwd")
+            amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
+                   else contextlib.nullcontext())
+
+            def call() -> None:
+                with amp:
+                    _step(runner, x, mode)
+
+            try:
+                ms = time_call(call, device, warmup=warmup, iters=iters, max_seconds=max_seconds)
+                row.update(ms=ms, img_per_s=1000 * batch / ms)
+                row["peak_mem_mb"] = peak_memory(call, device) if memory and not compile else None
+            except torch.OutOfMemoryError:
+                row.update(ms=None, img_per_s=None, peak_mem_mb=None, note="out of memory")
+            print(f"  {target.name:<24} {size[0]:>4}x{size[1]:<4} "
+                  f"{_f(row.get('ms'), '9.2f')} ms {_f(row.get('img_per_s'), '9.1f')} img/s "
+                  f"{_f(row.get('peak_mem_mb'), '9.1f')} MiB {_f(row.get('gmacs'), '9.3f')} GMACs",
+                  file=sys.stderr, flush=True)
+            yield row
+
+
+def _f(value: float | None, spec: str) -> str:
+    return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
+
+
+def _step(module: nn.Module, x: Tensor, mode: str) -> None:
+    if mode == "fwd":
+        with torch.no_grad():
+            module(x)
+    else:
+        out = module(x)
+        out.float().sum().backward()

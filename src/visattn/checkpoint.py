@@ -1,0 +1,313 @@
+"""Checkpoints: safetensors tensors + JSON metadata, written atomically; finding and loading them again.
+
+A training run folder looks like::
+
+    run/
+      model.safetensors, model.json        the final model (what eval / predict / show take)
+      checkpoints/
+        latest                             name of the newest complete checkpoint (replaced atomically)
+        step00000120/
+          model.safetensors                weights, loadable by visattn.load_pretrained
+          model.json                       model name + config, classes, input size, normalisation
+          train_state.safetensors          optimizer moments, EMA weights, RNG states
+          train_state.json                 step, epoch, schedule, run settings, running sums
+
+Every file is written to a temporary name, fsynced and renamed; a checkpoint directory is assembled under a
+temporary name and renamed into place before ``latest`` is switched to it. A process killed at any instant leaves
+``latest`` naming a complete checkpoint. Nothing is unpickled: tensors come from safetensors, the rest from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MODEL_FILE",
+    "MODEL_META",
+    "Checkpoint",
+    "atomic_write_bytes",
+    "write_json_atomic",
+    "save_safetensors_atomic",
+    "save_checkpoint",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "export_model",
+    "resolve_model_file",
+    "load_model",
+    "optimizer_state_to_flat",
+    "optimizer_state_from_flat",
+]
+
+MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
+STATE_FILE, STATE_META = "train_state.safetensors", "train_state.json"
+LATEST = "latest"
+FORMAT = "visattn-model/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked (missing, incomplete, another architecture)."""
+
+
+# --- atomic writes -------------------------------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _plain_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    # safetensors wants contiguous CPU tensors that share no storage.
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, Tensor],
+                            metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save(_plain_tensors(tensors), metadata=metadata))
+
+
+# --- training checkpoints ------------------------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model_state: dict[str, Tensor]
+    model_meta: dict[str, Any]
+    train_tensors: dict[str, Tensor]
+    train_meta: dict[str, Any]
+
+
+def checkpoint_root(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | os.PathLike, name: str, *, model_state: dict[str, Tensor],
+                    model_meta: dict[str, Any], train_tensors: dict[str, Tensor], train_meta: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """Write checkpoint ``name`` under ``run_dir/checkpoints`` atomically, point ``latest`` at it, prune old ones.
+
+    Args:
+        keep: how many complete checkpoints to keep (the newest ones).
+    """
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):  # left by a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    tmp.mkdir()
+    save_safetensors_atomic(tmp / MODEL_FILE, model_state)
+    write_json_atomic(tmp / MODEL_META, model_meta)
+    save_safetensors_atomic(tmp / STATE_FILE, train_tensors)
+    write_json_atomic(tmp / STATE_META, train_meta)
+    _kill_point(name)
+    final = root / name
+    if final.exists():
+        if _read_latest(root) == name:
+            raise CheckpointError(f"refusing to overwrite {final}, the latest complete checkpoint")
+        shutil.rmtree(final)  # an orphan written after `latest` was last switched, by a killed run
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    atomic_write_bytes(root / LATEST, name.encode())
+    complete = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for old in complete[:-keep] if keep > 0 else []:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _kill_point(name: str) -> None:
+    # Fault injection for the resume test: VISATTN_FAULT_KILL_IN_SAVE=<checkpoint name> kills the process with
+    # SIGKILL here, after that checkpoint's files are written and before they are renamed into place.
+    if os.environ.get("VISATTN_FAULT_KILL_IN_SAVE") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _read_latest(root: Path) -> str | None:
+    try:
+        return (root / LATEST).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint directory of a run, or None."""
+    root = checkpoint_root(run_dir)
+    name = _read_latest(root)
+    return root / name if name and (root / name).is_dir() else None
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint directory (a run folder resolves to its latest checkpoint)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / STATE_META).is_file():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"no training checkpoint in {path} (expected {path}/checkpoints/{LATEST})")
+        path = latest
+    return Checkpoint(path=path, model_state=load_file(path / MODEL_FILE), model_meta=_read_json(path / MODEL_META),
+                      train_tensors=load_file(path / STATE_FILE), train_meta=_read_json(path / STATE_META))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"missing {path}") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+
+
+def optimizer_state_to_flat(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (moments, step counts) and JSON (groups, scalars)."""
+    tensors, scalars = {}, {}
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_from_flat(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# --- models for inference ------------------------------------------------------------------------------------------
+
+def model_meta(model: nn.Module, **extra: Any) -> dict[str, Any]:
+    """The JSON that, with the weights, rebuilds ``model``: variant name, config class and fields, plus ``extra``."""
+    from .registry import config_to_dict
+
+    return {"format": FORMAT, "model": getattr(model, "variant_name", None), "model_class": type(model).__name__,
+            "config": config_to_dict(model.config), **extra}
+
+
+def export_model(out_dir: str | os.PathLike, state: dict[str, Tensor], meta: dict[str, Any],
+                 stem: str = "model") -> Path:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` (weights first, each atomically)."""
+    out = Path(out_dir)
+    weights = out / f"{stem}.safetensors"
+    save_safetensors_atomic(weights, state, metadata={"format": FORMAT, "model": str(meta.get("model"))})
+    write_json_atomic(out / f"{stem}.json", meta)
+    return weights
+
+
+def resolve_model_file(path: str | os.PathLike) -> tuple[Path, dict[str, Any] | None]:
+    """A weights file and its metadata (None if it has none) from a file, a run folder or a checkpoint folder."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / MODEL_FILE, ):
+            if candidate.is_file():
+                return candidate, _meta_beside(candidate)
+        latest = latest_checkpoint(path)
+        if latest is not None:
+            return latest / MODEL_FILE, _meta_beside(latest / MODEL_FILE)
+        raise CheckpointError(f"no {MODEL_FILE} and no checkpoints/{LATEST} in {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path, _meta_beside(path)
+
+
+def _meta_beside(weights: Path) -> dict[str, Any] | None:
+    for candidate in (weights.with_suffix(".json"), weights.parent / MODEL_META):
+        if candidate.is_file():
+            meta = _read_json(candidate)
+            if meta.get("format") == FORMAT:
+                return meta
+    return None
+
+
+def load_model(path: str | os.PathLike, *, model_name: str | None = None,
+               overrides: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a visattn checkpoint (or plain weights plus ``model_name``) and load its weights.
+
+    Args:
+        path: a weights file, a run folder or a checkpoint folder.
+        model_name: required for weights without visattn metadata; if the metadata names another
+            architecture, a :class:`CheckpointError` says so.
+        overrides: config fields for a model built from ``model_name`` (weights without metadata).
+
+    Returns:
+        the model (eval mode, on CPU) and its metadata (``{}`` when the checkpoint has none).
+    """
+    from .registry import config_from_dict, create_model, get_model_class
+    from .weights import load_pretrained
+
+    weights, meta = resolve_model_file(path)
+    if meta is not None:
+        saved = meta.get("model")
+        if model_name and saved and model_name != saved:
+            raise CheckpointError(f"{weights} holds a {saved} ({meta.get('model_class')}) model, not {model_name}; "
+                                  f"drop --model or pass a {model_name} checkpoint")
+        cls = get_model_class(saved)
+        if meta.get("model_class") not in (None, cls.__name__):
+            raise CheckpointError(f"{weights}: saved class {meta['model_class']} is not {cls.__name__}")
+        model = cls(config_from_dict(cls, meta["config"]))
+        model.variant_name = saved
+    else:
+        if not model_name:
+            raise CheckpointError(f"{weights} has no visattn metadata ({MODEL_META}); pass --model NAME")
+        model = create_model(model_name, **(overrides or {}))
+        meta = {}
+    try:
+        load_pretrained(model, weights)
+    except ValueError as err:
+        first = str(err).splitlines()[0].rstrip(":")
+        raise CheckpointError(f"{weights}: {first}. Is it a checkpoint of another architecture?") from err
+    return model.eval(), meta
+
+
+def tensor_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v for k, v in model.state_dict().items()}
+
+
+def rng_state_tensors(prefix: str) -> dict[str, Tensor]:
+    out = {f"{prefix}.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out[f"{prefix}.cuda"] = torch.cuda.get_rng_state()
+    return out

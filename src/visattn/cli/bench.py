@@ -1,0 +1,105 @@
+"""``visattn bench``: throughput, latency, peak memory and GMACs over resolutions; CSV + log-log PNGs.
+
+    visattn bench --attention multi_axis --sizes 16,32,64,128 --out bench/   # vs global attention (baseline)
+    visattn bench --model maxvit_tiny --sizes 224,320,448 --mode fwdbwd --dtype bf16
+
+With --attention, plain global self-attention of the same width is measured beside each mechanism, so the plot of
+cost against pixels shows linear growth (slope 1) against quadratic (slope 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_runtime_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time / memory / GMACs of models or attention modules over resolutions",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_argument_group("what to measure (repeatable)")
+    what.add_argument("--model", "-m", action="append", default=[], help="registered model name")
+    what.add_argument("--attention", "-a", action="append", default=[], help="registered attention name")
+    what.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                      help="model config override or attention constructor argument (e.g. dim=64)")
+    what.add_argument("--no-baseline", dest="baseline", action="store_false",
+                      help="do not add global attention beside attention modules")
+    p.add_argument("--sizes", default="16,32,64,96", help="resolutions: N or HxW, comma separated")
+    p.add_argument("--batch-size", "-b", type=int, default=1)
+    p.add_argument("--mode", choices=["fwd", "fwdbwd"], default="fwd")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile each module first")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--max-seconds", type=float, default=10.0, help="stop timing one point after this long")
+    p.add_argument("--global-max-tokens", type=int, default=9216,
+                   help="time global attention only up to this many tokens (GMACs are always counted)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory pass")
+    p.add_argument("--out", "-o", default="bench", help="folder for bench.csv and the PNGs (default bench/)")
+    add_runtime_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    from pathlib import Path
+
+    from ..bench import GlobalAttention, Target, bench_rows
+    from ..checkpoint import atomic_write_bytes
+    from ..plots import plot_scaling
+    from ..registry import create_attention, create_model, get_attention_class, get_model_class
+    from ._common import apply_runtime, parse_overrides, parse_sizes
+
+    if not args.model and not args.attention:
+        raise ValueError("nothing to measure: pass --model NAME and/or --attention NAME")
+    device = apply_runtime(args)
+    sizes = parse_sizes(args.sizes)
+    overrides = parse_overrides(args.overrides)
+    targets: list[Target] = []
+    for name in args.model:
+        cls = get_model_class(name)
+        small = min(min(s) for s in sizes)
+        if small < getattr(cls, "min_input_size", 1):
+            raise ValueError(f"size {small} is too small for {name}: it needs at least {cls.min_input_size}")
+        targets.append(Target(name, "model", lambda name=name: create_model(name, **overrides)))
+    for name in args.attention:
+        cls = get_attention_class(name)
+        kwargs = {**cls.example_kwargs(), **overrides}
+        targets.append(Target(name, "attention", lambda name=name, kwargs=kwargs: create_attention(name, **kwargs)))
+        if args.baseline and not any(t.name.startswith("global") for t in targets):
+            dim, head_dim = kwargs["dim"], kwargs.get("head_dim", 32)
+            targets.append(Target(f"global(dim={dim})", "baseline",
+                                  lambda dim=dim, head_dim=head_dim: GlobalAttention(dim, head_dim)))
+    rows = []
+    for target in targets:
+        max_tokens = args.global_max_tokens if target.kind == "baseline" else None
+        rows += bench_rows([target], sizes, batch=args.batch_size, mode=args.mode, dtype=args.dtype, device=device,
+                           compile=args.compile, warmup=args.warmup, iters=args.iters, max_seconds=args.max_seconds,
+                           max_tokens=max_tokens, memory=args.memory)
+    out = Path(args.out)
+    columns = ["name", "kind", "height", "width", "pixels", "batch", "mode", "dtype", "device", "compile", "ms",
+               "img_per_s", "peak_mem_mb", "gmacs", "note"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "bench.csv", buf.getvalue().encode())
+    title = f"{args.mode}, {args.dtype}, batch {args.batch_size}, {device.type}"
+    pngs = [plot_scaling(rows, out / "bench_ms.png", metric="ms", title=f"latency vs pixels ({title})"),
+            plot_scaling(rows, out / "bench_gmacs.png", metric="gmacs", title="GMACs per image vs pixels")]
+    print(f"{'name':<24} {'slope(ms)':>10} {'slope(GMACs)':>13}   (log-log slope vs pixels: 1 linear, 2 quadratic)")
+    for name in dict.fromkeys(r["name"] for r in rows):
+        print(f"{name:<24} {_slope(rows, name, 'ms'):>10} {_slope(rows, name, 'gmacs'):>13}")
+    print(f"wrote {out / 'bench.csv'}" + "".join(f", {p}" for p in pngs if p))
+    return 0
+
+
+def _slope(rows: list[dict], name: str, metric: str) -> str:
+    import math
+
+    pts = sorted((r["pixels"], r[metric]) for r in rows if r["name"] == name and r.get(metric))
+    if len(pts) < 2 or pts[0][0] == pts[-1][0]:
+        return "-"
+    (x0, y0), (x1, y1) = pts[0], pts[-1]
+    return f"{math.log(y1 / y0) / math.log(x1 / x0):.2f}"

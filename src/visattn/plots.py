@@ -1,0 +1,122 @@
+"""PNG figures: training curves, confusion matrices, cost-vs-pixels scaling, partitions and attention maps.
+
+matplotlib (the ``cli`` extra) is imported inside each function with the non-interactive Agg backend; without it
+the figure is skipped with a warning and everything else still works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("visattn")
+
+__all__ = ["have_matplotlib", "plot_curves", "plot_confusion", "plot_scaling"]
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        log.warning("matplotlib is not installed, so no PNG is written: pip install 'visattn[cli]'")
+        return False
+    return True
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path | None:
+    """Loss (per logged step and per epoch) and validation accuracy (per epoch) from ``metrics.jsonl`` rows."""
+    if not have_matplotlib():
+        return None
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in rows if r.get("kind") == "step"]
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    if steps:
+        ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.5, label="train (step)")
+    if epochs:
+        ax_loss.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="train (epoch)")
+        ax_loss.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "s-", label="validation")
+        x = [r["epoch"] for r in epochs]
+        ax_acc.plot(x, [r["train_top1"] for r in epochs], "o-", label="train top-1")
+        ax_acc.plot(x, [r["val_top1"] for r in epochs], "s-", label="validation top-1")
+        if any("ema_val_top1" in r for r in epochs):
+            ax_acc.plot(x, [r.get("ema_val_top1") for r in epochs], "^-", label="EMA validation top-1")
+    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(0, 100))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: Any, classes: Sequence[str], path: str | os.PathLike, title: str = "") -> Path | None:
+    """Row-normalised confusion matrix (rows: true class) with the counts written in the cells."""
+    if not have_matplotlib():
+        return None
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(confusion, dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    side = min(0.45 * n + 2.5, 20)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=90 if max(map(len, classes)) > 3 else 0)
+        ax.set_yticks(range(n), classes)
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    return _save(fig, path)
+
+
+def plot_scaling(rows: Sequence[dict[str, Any]], path: str | os.PathLike, metric: str = "ms",
+                 title: str = "") -> Path | None:
+    """Log-log plot of ``metric`` against pixels, one line per name, with slope-1 and slope-2 guides."""
+    if not have_matplotlib():
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    lo_hi = []
+    for name in names:
+        pts = sorted((r["pixels"], r[metric]) for r in rows if r["name"] == name and r.get(metric) not in (None, ""))
+        if not pts:
+            continue
+        ax.loglog(*zip(*pts), "o-", label=name)
+        lo_hi.append(pts[0])
+    if lo_hi:
+        x0, y0 = min(lo_hi)
+        xs = sorted({r["pixels"] for r in rows})
+        for slope, style in ((1, ":"), (2, "--")):
+            ax.loglog(xs, [y0 * (x / x0) ** slope for x in xs], style, color="gray", lw=1,
+                      label=f"~ pixels^{slope}")
+    ax.set(xlabel="pixels (H x W)", ylabel=metric, title=title or f"{metric} vs pixels")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,510 @@
+"""One training loop for every task: AdamW, warm-up + cosine, mixed precision, EMA, DDP, atomic checkpoints.
+
+Reproducibility is by construction. The order of the training set in epoch ``e`` is a permutation seeded by
+(seed, e); step ``i`` of that epoch takes the next ``batch_size`` indices (the *global* batch); the random numbers of
+its augmentation come from a generator seeded by (seed, e, i) and are drawn for the whole global batch. A process
+of a ``torchrun`` job takes its contiguous slice of that batch, so N processes see exactly the images one process
+would. A checkpoint stores the step, the optimizer, EMA and RNG states; ``--resume`` skips the steps already done
+and continues bit for bit (in deterministic CPU mode).
+
+Outputs in the run folder: ``metrics.jsonl`` (a row per logged step and per epoch), ``metrics.csv`` (epochs),
+``curves.png``, ``confusion.png``, ``checkpoints/`` (see ``checkpoint.py``), the final ``model.safetensors`` +
+``model.json`` (EMA weights when EMA is on) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import (
+    export_model,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    model_meta,
+    optimizer_state_from_flat,
+    optimizer_state_to_flat,
+    save_checkpoint,
+    write_json_atomic,
+)
+from .distributed import DistInfo, all_gather_objects, barrier, convert_sync_batchnorm, init_distributed
+
+__all__ = ["TrainConfig", "TrainError", "train", "lr_at", "ModelEma", "RUNTIME_FIELDS"]
+
+log = logging.getLogger("visattn")
+
+
+class TrainError(RuntimeError):
+    """Training cannot go on (diverged, or a setting the model or hardware cannot honour); a one-line message."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in every checkpoint; ``--resume`` reuses it)."""
+
+    task: str = "classification"
+    scale: int = 4                       # sr: upscaling factor
+    noise_sigma: float = 25.0            # denoise: Gaussian noise level on the 0-255 scale
+    val_data: str | None = None          # sr / denoise: benchmark folder to evaluate on (HR/ [+ LR_bicubic/X<s>/])
+    model: str = "maxvit_tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+    data: str = "digits"
+    img_size: int | None = None          # None: the data source's default
+    epochs: int = 10
+    batch_size: int = 64                 # global batch, split across processes
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    clip_grad: float = 1.0               # max gradient norm; 0 disables clipping
+    amp: str = "none"                    # none | bf16 | fp16 (CUDA only, with a gradient scaler)
+    ema_decay: float = 0.0               # 0 disables the EMA of weights
+    grad_checkpointing: bool = False
+    compile: bool = False
+    sync_bn: bool = True                 # synchronise BatchNorm statistics across processes under torchrun
+    seed: int = 0
+    deterministic: bool = False
+    out: str = "runs/train"
+    save_every: int = 0                  # also checkpoint every N steps inside an epoch (0: epoch ends only)
+    keep: int = 2
+    log_every: int = 10
+    crop_pct: float | None = None
+    crop_scale: tuple[float, float] | None = None
+    hflip: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    val_fraction: float = 0.1
+    train_limit: int | None = None
+    val_limit: int | None = None
+    eval_batch_size: int | None = None
+    # runtime settings: may differ between a run and its resumption
+    device: str = "auto"
+    workers: int = 0
+    threads: int | None = None
+    progress: bool | None = None         # None: a progress bar when stderr is a terminal
+
+
+RUNTIME_FIELDS = ("device", "workers", "threads", "progress")
+
+
+def lr_at(step: int, *, total: int, warmup: int, base: float, minimum: float) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``base``, then cosine to ``minimum``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return minimum + 0.5 * (base - minimum) * (1 + math.cos(math.pi * t))
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights, evaluated as its own copy of the model.
+
+    The decay ramps up as min(decay, (1 + t) / (10 + t)) (TensorFlow's ``ExponentialMovingAverage`` with
+    ``num_updates``), so short runs are not dominated by the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if ema_v.is_floating_point():
+                ema_v.lerp_(v.detach(), 1 - d)
+            else:
+                ema_v.copy_(v)
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from small integers (for per-epoch and per-step generators)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v + 0x632BE59BD9B4E019 + (h << 6) + (h >> 2))) & 0x7FFFFFFFFFFFFFFF
+    return h
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: CUDA is not available here (use --device cpu)")
+    return device
+
+
+def build_task(cfg: TrainConfig) -> Any:
+    if cfg.task in ("sr", "denoise"):
+        from .tasks.restoration import build_restoration_task
+
+        return build_restoration_task(cfg)
+    if cfg.task != "classification":
+        raise TrainError(f"unknown task {cfg.task!r}; available: classification, sr, denoise")
+    from .tasks.classification import ClassificationTask, load_classification_data
+
+    data = load_classification_data(cfg.data, img_size=cfg.img_size, crop_pct=cfg.crop_pct,
+                                    val_fraction=cfg.val_fraction, train_limit=cfg.train_limit,
+                                    val_limit=cfg.val_limit)
+    return ClassificationTask(data, img_size=cfg.img_size, crop_pct=cfg.crop_pct, crop_scale=cfg.crop_scale,
+                              hflip=cfg.hflip, mean=cfg.mean, std=cfg.std, label_smoothing=cfg.label_smoothing)
+
+
+def build_model(cfg: TrainConfig, task: Any) -> nn.Module:
+    """The model for ``task``: fresh from the registry, or from ``cfg.pretrained`` with a new head if needed."""
+    from .registry import create_model, get_model_class
+
+    cls = get_model_class(cfg.model)
+    if getattr(cls, "input_ndim", 4) != 4:
+        raise TrainError(f"{cfg.model} takes video input; the {task.name} task trains image models")
+    size = task.img_size
+    if size < getattr(cls, "min_input_size", 1):
+        raise TrainError(f"--img-size {size} is too small for {cfg.model}: it needs at least {cls.min_input_size}")
+    overrides = {**cfg.model_overrides, **task.model_overrides()}
+    if cfg.pretrained:
+        model, _ = load_model(cfg.pretrained, model_name=cfg.model,
+                              overrides={k: v for k, v in cfg.model_overrides.items() if k != "num_classes"})
+        if "num_classes" in overrides and model.config.num_classes != overrides["num_classes"]:
+            model.reset_classifier(overrides["num_classes"])
+    else:
+        model = create_model(cfg.model, **overrides)
+    in_chans = getattr(model.config, "in_chans", 3)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, size, size))
+    except ValueError as err:
+        raise TrainError(f"{cfg.model} cannot take {size}x{size} inputs: {str(err).splitlines()[0]}") from err
+    return model.train()
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms and anything the model lists in ``no_weight_decay()`` (timm convention)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip or name.endswith("relative_position_bias_table") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class _Metrics:
+    """metrics.jsonl writer (main process only); on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        self.rows: list[dict[str, Any]] = []
+        if enabled and resume_step is not None and path.exists():
+            self.rows = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= resume_step]
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def add(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.rows.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _progress(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.task``; with ``resume`` continue from the run folder's latest checkpoint.
+
+    Returns:
+        the final metrics (also written to ``summary.json``).
+    """
+    # --- processes, devices, determinism ----------------------------------------------------------------------
+    device = _device(cfg.device)
+    info = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if cfg.compile:
+            torch.use_deterministic_algorithms(True)
+        else:  # the public wrapper also imports the inductor config (seconds of start-up) for torch.compile only
+            torch._C._set_deterministic_algorithms(True)
+    if cfg.amp not in ("none", "bf16", "fp16"):
+        raise TrainError(f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise TrainError("--amp fp16 needs a CUDA device (it uses a gradient scaler); use --amp bf16 on CPU")
+    torch.manual_seed(cfg.seed + info.rank)
+    run = Path(cfg.out)
+    ckpt = None
+    if resume:
+        if latest_checkpoint(run) is None:
+            raise TrainError(f"nothing to resume in {run}: no checkpoints/latest")
+        ckpt = load_checkpoint(run)
+
+    # --- data, model, optimizer -------------------------------------------------------------------------------
+    from .registry import get_model_config
+
+    get_model_config(cfg.model, **cfg.model_overrides)                 # unknown names fail before data loading
+    task = build_task(cfg)
+    model = build_model(cfg, task)
+    B = cfg.batch_size
+    if B % info.world_size:
+        raise TrainError(f"--batch-size {B} (global) is not divisible by the {info.world_size} processes")
+    local_B = B // info.world_size
+    steps_per_epoch = len(task.train_set) // B
+    if steps_per_epoch == 0:
+        raise TrainError(f"--batch-size {B} is larger than the {len(task.train_set)} training images")
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+
+    if cfg.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise TrainError(f"{cfg.model} does not support gradient checkpointing")
+        model.set_grad_checkpointing(True)
+    meta = model_meta(model, **task.model_meta())
+    model.to(device)
+    if info.enabled and cfg.sync_bn:
+        model = convert_sync_batchnorm(model, device.type)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+    step, sums, best = 0, torch.zeros(3, dtype=torch.float64), None     # sums: loss * n, correct, n (global)
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model_state)
+        optimizer.load_state_dict(optimizer_state_from_flat(ckpt.train_tensors, ckpt.train_meta["optimizer"]))
+        if ema is not None:
+            ema.module.load_state_dict({k[4:]: v for k, v in ckpt.train_tensors.items() if k.startswith("ema.")})
+        if ckpt.train_meta.get("scaler"):
+            scaler.load_state_dict(ckpt.train_meta["scaler"])
+        rng = ckpt.train_tensors.get(f"rng.{info.rank}.cpu", ckpt.train_tensors["rng.0.cpu"])
+        torch.set_rng_state(rng)
+        if device.type == "cuda" and f"rng.{info.rank}.cuda" in ckpt.train_tensors:
+            torch.cuda.set_rng_state(ckpt.train_tensors[f"rng.{info.rank}.cuda"], device)
+        step = ckpt.train_meta["step"]
+        sums = torch.tensor(ckpt.train_meta["epoch_sums"], dtype=torch.float64)
+        best = ckpt.train_meta.get("best")
+    train_model: nn.Module = model
+    if info.enabled:
+        ddp_args = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        train_model = nn.parallel.DistributedDataParallel(model, **ddp_args)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    metrics = _Metrics(run / "metrics.jsonl", info.is_main, step if ckpt else None)
+    show_bar = info.is_main and (sys.stderr.isatty() if cfg.progress is None else cfg.progress)
+    last_saved: Path | None = ckpt.path if ckpt else None
+    from .tasks.classification import collate
+
+    def save(epoch: int, eval_row: dict[str, Any] | None) -> None:
+        nonlocal last_saved
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainError(f"weights became non-finite ({bad[0]}) at step {step}: training diverged; kept the "
+                             f"last good checkpoint {last_saved or '(none)'}; lower --lr")
+        rng = all_gather_objects(torch.get_rng_state(), info)
+        if not info.is_main:
+            barrier(info)
+            return
+        tensors, opt_meta = optimizer_state_to_flat(optimizer.state_dict())
+        tensors.update({f"rng.{r}.cpu": s for r, s in enumerate(rng)})
+        if device.type == "cuda":
+            tensors[f"rng.{info.rank}.cuda"] = torch.cuda.get_rng_state(device)
+        if ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
+        state = {"step": step, "epoch": epoch, "steps_per_epoch": steps_per_epoch, "world_size": info.world_size,
+                 "epoch_sums": sums.tolist(), "best": best, "optimizer": opt_meta, "scaler": scaler.state_dict(),
+                 "config": dataclasses.asdict(cfg), "eval": eval_row}
+        last_saved = save_checkpoint(run, f"step{step:08d}", model_state=model.state_dict(), model_meta=meta,
+                                     train_tensors=tensors, train_meta=state, keep=cfg.keep)
+        barrier(info)
+
+    if info.is_main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"{'resuming' if ckpt else 'training'} {cfg.model} ({n_params / 1e6:.2f}M parameters) on {cfg.data}: "
+              f"{len(task.train_set)} train / {len(task.val_set)} val images at {task.img_size}px, "
+              f"{cfg.epochs} epochs x {steps_per_epoch} steps of {B}"
+              f"{f' ({info.world_size} processes)' if info.enabled else ''}, device {device.type}"
+              f"{f', from step {step}' if ckpt else ''}", flush=True)
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    eval_row: dict[str, Any] = {}
+    result: dict[str, Any] = {}
+    for epoch in range(step // steps_per_epoch, cfg.epochs):
+        first = step - epoch * steps_per_epoch                         # > 0 when resuming inside this epoch
+        order = epoch_order(len(task.train_set), cfg.seed, epoch)
+        batches = [order[i * B:(i + 1) * B][info.rank * local_B:(info.rank + 1) * local_B].tolist()
+                   for i in range(first, steps_per_epoch)]
+        # Its own generator: creating a loader iterator must not draw from the global RNG (dropout, drop path).
+        loader = torch.utils.data.DataLoader(task.train_set, batch_sampler=batches, num_workers=cfg.workers,
+                                             collate_fn=collate, generator=torch.Generator().manual_seed(epoch))
+        bar = _progress(show_bar, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+        if bar is not None:
+            bar.update(first)
+        train_model.train()
+        start = time.perf_counter()
+        seen = 0
+        for i, (images, targets) in enumerate(loader, start=first):
+            generator = torch.Generator().manual_seed(_mix(cfg.seed, epoch, i))
+            x = task.augment(images, generator, B, info.rank * local_B)
+            if isinstance(x, tuple):                                   # tasks that make the target too (restoration)
+                x, targets = x
+            x = x.to(device, non_blocking=True)
+            y = targets.to(device, non_blocking=True)
+            lr = lr_at(step, total=total_steps, warmup=warmup, base=cfg.lr, minimum=cfg.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast():
+                out = train_model(x)
+            loss = task.loss(out, y)
+            correct = task.train_stats(out, y).get("correct", 0.0)   # restoration reports none
+            stats = torch.tensor([float(loss.detach()) * len(y), correct, len(y)],
+                                 dtype=torch.float64)
+            if info.enabled:
+                torch.distributed.all_reduce(stats)
+            if not math.isfinite(stats[0]):
+                if bar is not None:
+                    bar.close()
+                raise TrainError(f"loss is {stats[0] / stats[2]:.4g} at epoch {epoch + 1}, step {step + 1}: "
+                                 f"training diverged and stopped; the last good checkpoint is kept "
+                                 f"({last_saved or 'none saved yet'}); lower --lr (now {cfg.lr:g}) or clip gradients")
+            scaler.scale(loss).backward()
+            if cfg.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model, step)
+            step += 1
+            sums += stats
+            seen += int(stats[2])
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(stats[0] / stats[2]):.4f}", lr=f"{lr:.2e}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                bar.update(1)
+            if cfg.log_every and step % cfg.log_every == 0:
+                metrics.add({"kind": "step", "step": step, "epoch": step / steps_per_epoch,
+                             "loss": float(stats[0] / stats[2]), "lr": lr})
+            if cfg.save_every and step % cfg.save_every == 0 and i + 1 < steps_per_epoch:
+                save(epoch, None)
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - start
+
+        # --- end of epoch: evaluate, log, checkpoint ------------------------------------------------------------
+        eval_bs = cfg.eval_batch_size or max(local_B, 1)
+        result = task.evaluate(model, batch_size=eval_bs, device=device, dist_info=info, autocast=autocast,
+                               workers=cfg.workers)
+        eval_row = {"kind": "epoch", "epoch": epoch + 1, "step": step, "lr": lr,
+                    "train_loss": float(sums[0] / sums[2]),
+                    **({"train_top1": 100 * float(sums[1] / sums[2])} if task.name == "classification" else {}),
+                    **{k: v for k, v in result.items() if k != "confusion"},
+                    "img_per_s": seen / elapsed, "epoch_time_s": elapsed}
+        if ema is not None:
+            ema_result = task.evaluate(ema.module, batch_size=eval_bs, device=device, dist_info=info,
+                                       autocast=autocast, workers=cfg.workers)
+            eval_row.update({f"ema_{k}": v for k, v in ema_result.items() if k not in ("confusion", "val_count")})
+        main = eval_row.get(f"ema_{task.main_metric}", eval_row[task.main_metric])
+        if best is None or main > best["value"]:
+            best = {"value": main, "epoch": epoch + 1, "metric": task.main_metric}
+        metrics.add(eval_row)
+        if info.is_main and hasattr(task, "epoch_summary"):
+            print(f"epoch {epoch + 1}/{cfg.epochs}  {task.epoch_summary(eval_row)}  lr {lr:.2e}  "
+                  f"{eval_row['img_per_s']:.0f} img/s  {elapsed:.1f}s", flush=True)
+        elif info.is_main:
+            extra = f"  ema {eval_row['ema_val_top1']:.2f}" if ema is not None else ""
+            print(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {eval_row['train_loss']:.4f}  "
+                  f"val_loss {eval_row['val_loss']:.4f}  val_top1 {eval_row['val_top1']:.2f}{extra}  "
+                  f"val_top5 {eval_row['val_top5']:.2f}  lr {lr:.2e}  {eval_row['img_per_s']:.0f} img/s  "
+                  f"{elapsed:.1f}s", flush=True)
+        sums = torch.zeros(3, dtype=torch.float64)
+        save(epoch + 1, eval_row)
+
+    # --- the final model, plots and summary ---------------------------------------------------------------------
+    if info.is_main:
+        final = ema.module if ema is not None else model
+        final_state = {k: v for k, v in final.state_dict().items()}
+        export_model(run, final_state, {**meta, "ema": ema is not None, "step": step})
+        summary = {k: v for k, v in eval_row.items() if k != "kind"}
+        summary.update({"model": cfg.model, "out": str(run), "best": best, "steps": step})
+        write_json_atomic(run / "summary.json", summary)
+        _write_csv(run / "metrics.csv", [r for r in metrics.rows if r["kind"] == "epoch"])
+        from .plots import plot_confusion, plot_curves
+
+        (getattr(task, "plot_curves", None) or plot_curves)(metrics.rows, run / "curves.png",
+                                                            title=f"{cfg.model} on {cfg.data}")
+        if "confusion" in result:
+            plot_confusion(result["confusion"].tolist(), task.classes, run / "confusion.png",
+                           title=f"{cfg.model}: validation top-1 {eval_row.get('val_top1', 0):.2f}%")
+        print(f"saved {run / 'model.safetensors'} (+ model.json, metrics.jsonl, curves.png, confusion.png)")
+    barrier(info)
+    return eval_row
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+    import io
+
+    if not rows:
+        return
+    columns = list(dict.fromkeys(k for r in rows for k in r if k != "kind"))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def config_from_saved(saved: dict[str, Any], runtime: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a checkpoint, with runtime settings (device, workers...) replaced by ``runtime``."""
+    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: _tupled(v) for k, v in saved.items() if k in valid})
+    return dataclasses.replace(cfg, **{k: v for k, v in runtime.items() if k in RUNTIME_FIELDS and v is not None})
+
+
+
+def _tupled(value: Any) -> Any:
+    # JSON stores tuples as lists; configs and model overrides hold tuples.
+    if isinstance(value, list):
+        return tuple(_tupled(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tupled(v) for k, v in value.items()}
+    return value
