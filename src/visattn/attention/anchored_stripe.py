@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.attend import attend, key_padding_bias
+from ..layers.attend import key_padding_bias
 from ..layers.checks import check_image
-from ..layers.cpb import CosineAttnTransform, cosine_qk, cpb_coords, cpb_index, shift_region_mask
+from ..layers.cpb import CosineAttnTransform, attend_windows, cosine_qk, cpb_coords, cpb_index, shift_region_mask
 from ..layers.partition import pad_to_multiple, valid_token_mask, window_partition, window_reverse
 from ..registry import register_attention
 
@@ -134,9 +134,9 @@ class AnchoredStripeCore(nn.Module):
 
         # step 1: anchors gather from the stripe's keys; step 2: queries read the anchors' summaries
         a1, k1 = cosine_qk(a, k, self.attn_transform1.scale())
-        z = attend(a1, k1, v, bias=bias1, scale=1.0)                        # (B, nWin, nh, N2, hd)
+        z = attend_windows(a1, k1, v, bias1)                                # (B, nWin, nh, N2, hd)
         q2, a2 = cosine_qk(q, a, self.attn_transform2.scale())
-        out = attend(q2, a2, z, bias=bias2, scale=1.0)                      # (B, nWin, nh, N1, hd)
+        out = attend_windows(q2, a2, z, bias2)                              # (B, nWin, nh, N1, hd)
 
         out = out.permute(0, 1, 3, 2, 4).reshape(B * n_win, size[0], size[1], C)  # (B*nWin, S0, S1, C)
         out = window_reverse(out, size, (Hp, Wp))                           # (B, Hp, Wp, C)

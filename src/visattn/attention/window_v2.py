@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..layers.attend import attend, key_padding_bias
+from ..layers.attend import key_padding_bias
 from ..layers.checks import check_image
-from ..layers.cpb import CosineAttnTransform, cosine_qk, cpb_coords, cpb_index, shift_region_mask
+from ..layers.cpb import CosineAttnTransform, attend_windows, cosine_qk, cpb_coords, cpb_index, shift_region_mask
 from ..layers.partition import pad_to_multiple, to_2tuple, valid_token_mask, window_partition, window_reverse
 from ..registry import register_attention
 
@@ -73,7 +73,7 @@ class ShiftedWindowCosineAttention(nn.Module):
             valid = window_partition(valid, self.window_size).reshape(n_win, N)  # (nWin, N)
             bias = bias + key_padding_bias(valid, bias.dtype)               # (nWin, nh, N, N)
         q, k = cosine_qk(q, k, self.attn_transform.scale())
-        out = attend(q, k, v, bias=bias, scale=1.0)                         # (B, nWin, nh, N, hd)
+        out = attend_windows(q, k, v, bias)                                 # (B, nWin, nh, N, hd)
         out = out.permute(0, 1, 3, 2, 4).reshape(B * n_win, p0, p1, C)     # (B*nWin, p0, p1, C)
         out = window_reverse(out, self.window_size, (Hp, Wp))               # (B, Hp, Wp, C)
         if shifted:

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask", "cosine_qk"]
+from .attend import attend
+
+__all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask", "cosine_qk", "attend_windows"]
 
 # Swin V2 / GRL clamp the learnable logit scale at log(1 / 0.01), i.e. a temperature of at most 100.
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -110,6 +112,24 @@ def cosine_qk(q: Tensor, k: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     ``attend(q, k, v, scale=1.0)`` on the result gives cosine-similarity attention.
     """
     return F.normalize(q, dim=-1) * scale.to(q.dtype), F.normalize(k, dim=-1)
+
+
+def attend_windows(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """``attend(..., scale=1)`` over windows: q (B, nWin, nh, Nq, hd), k and v (B, nWin, nh, Nk, hd).
+
+    ``bias`` is (nh, Nq, Nk) when every window shares it, or (nWin, nh, Nq, Nk) with per-window masks; either way it
+    broadcasts over the batch without being copied B times.
+
+    Shape: returns (B, nWin, nh, Nq, hd_v).
+    """
+    B, n_win, nh, Nq, hd = q.shape
+    if bias.ndim == 4:
+        lead, bias = (B, n_win * nh), bias.reshape(n_win * nh, Nq, -1)    # windows folded into the heads
+    else:
+        lead = (B * n_win, nh)                                           # windows folded into the batch
+    out = attend(q.reshape(*lead, Nq, hd), k.reshape(*lead, -1, hd), v.reshape(*lead, -1, v.shape[-1]),
+                 bias=bias, scale=1.0)
+    return out.view(B, n_win, nh, Nq, -1)
 
 
 class CosineAttnTransform(nn.Module):
