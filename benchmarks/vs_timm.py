@@ -27,11 +27,14 @@ import visattn  # noqa: E402
 DEFAULT_PAIRS = ["maxvit_tiny=maxvit_tiny_tf_224"]
 
 
+CLOCK = time.perf_counter
+
+
 def _time(model: torch.nn.Module, x: torch.Tensor, iters: int) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     for _ in range(iters):
         model(x)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def compare(ours_name: str, timm_name: str, args: argparse.Namespace) -> dict[str, float]:
@@ -64,9 +67,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: process CPU time, steadier on a shared machine (use with --threads 1)")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, fp32 eval, batch {args.batch} at {args.size}")
+    print(f"torch {torch.__version__}, {args.threads} threads, fp32 eval, batch {args.batch} at {args.size}, "
+          f"{args.clock} clock")
     print(f"{'visattn':<16}{'timm':<24}{'max|diff|':>10}{'timm img/s':>12}{'ours img/s':>12}{'ratio':>8}")
     for pair in args.pair or DEFAULT_PAIRS:
         ours_name, timm_name = pair.split("=")

@@ -70,6 +70,10 @@ def attend(
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
     if _FUSED if fused is None else fused:
+        if bias is not None and bias.ndim < 4:
+            # A broadcast view of the full (B, heads, Nq, Nk) shape, no copy: with a lower-rank mask PyTorch's CPU
+            # SDPA falls back to its unfused math path (measured 3.2x slower for MaxViT windows, torch 2.13).
+            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     logits = (q * scale) @ k.transpose(-2, -1)                         # (B, heads, Nq, Nk)

@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .drop import DropPath
 
-__all__ = ["same_padding", "SameConv2d", "SameAvgPool2d", "SqueezeExcite", "MBConv"]
+__all__ = ["same_padding", "Conv1x1", "SameConv2d", "SameAvgPool2d", "SqueezeExcite", "MBConv"]
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TensorFlow "SAME" padding (before, after) along one axis: output = ceil(size / stride), extra pad after."""
     total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
+
+
+class Conv1x1(nn.Conv2d):
+    """1x1 convolution that runs as a matrix multiply on channels-last (NHWC-strided) maps.
+
+    Same parameters and state-dict shape as ``nn.Conv2d(in, out, 1)``. On CPU, PyTorch sends 1x1 convolutions on
+    channels-last tensors to its slow im2col path; ``F.linear`` over the (free) NHWC view is a single GEMM.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, *, bias: bool = True):
+        super().__init__(in_chs, out_chs, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with(x, self.weight, self.bias)
+
+    def forward_with(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The convolution with explicit (e.g. BatchNorm-folded) parameters."""
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            y = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)  # (B, H, W, out)
+            return y.permute(0, 3, 1, 2)                               # (B, out, H, W), NHWC memory
+        return F.conv2d(x, weight, bias)
 
 
 class SameConv2d(nn.Conv2d):
@@ -34,14 +56,19 @@ class SameConv2d(nn.Conv2d):
         self.dynamic_pad = not static
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.dynamic_pad:
-            k, s = self.kernel_size[0], self.stride[0]
-            top, bottom = same_padding(x.shape[-2], k, s)
-            left, right = same_padding(x.shape[-1], k, s)
-            if top == bottom and left == right:
-                return F.conv2d(x, self.weight, self.bias, s, (top, left), 1, self.groups)
-            x = F.pad(x, (left, right, top, bottom))
-        return super().forward(x)
+        return self.forward_with(x, self.weight, self.bias)
+
+    def forward_with(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The convolution with explicit (e.g. BatchNorm-folded) parameters."""
+        s = self.stride[0]
+        if not self.dynamic_pad:
+            return F.conv2d(x, weight, bias, s, self.padding, 1, self.groups)
+        k = self.kernel_size[0]
+        top, bottom = same_padding(x.shape[-2], k, s)
+        left, right = same_padding(x.shape[-1], k, s)
+        if top == bottom and left == right:
+            return F.conv2d(x, weight, bias, s, (top, left), 1, self.groups)
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, s, 0, 1, self.groups)
 
 
 class SameAvgPool2d(nn.Module):
@@ -98,27 +125,49 @@ class MBConv(nn.Module):
         if stride == 2:
             self.shortcut = nn.Sequential()
             self.shortcut.add_module("pool", SameAvgPool2d())
-            self.shortcut.add_module("expand", nn.Conv2d(in_chs, out_chs, 1) if in_chs != out_chs else nn.Identity())
+            self.shortcut.add_module("expand", Conv1x1(in_chs, out_chs) if in_chs != out_chs else nn.Identity())
         elif in_chs != out_chs:
-            self.shortcut = nn.Sequential()
-            self.shortcut.add_module("expand", nn.Conv2d(in_chs, out_chs, 1))
+            raise ValueError(f"MBConv with stride 1 keeps the width (got {in_chs} -> {out_chs})")
         else:
             self.shortcut = nn.Identity()
         self.pre_norm = nn.BatchNorm2d(in_chs, eps=bn_eps, momentum=bn_momentum)
-        self.conv1_1x1 = nn.Conv2d(in_chs, mid, 1, bias=False)
+        self.conv1_1x1 = Conv1x1(in_chs, mid, bias=False)
         self.norm1 = nn.BatchNorm2d(mid, eps=bn_eps, momentum=bn_momentum)
         self.act1 = act_layer()
         self.conv2_kxk = SameConv2d(mid, mid, 3, stride, groups=mid, bias=False)
         self.norm2 = nn.BatchNorm2d(mid, eps=bn_eps, momentum=bn_momentum)
         self.act2 = act_layer()
         self.se = SqueezeExcite(mid, int(out_chs * se_ratio))
-        self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1)
+        self.conv3_1x1 = Conv1x1(mid, out_chs)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, in_chs, H, W) -> (B, out_chs, ceil(H / stride), ceil(W / stride))."""
         shortcut = self.shortcut(x)
-        x = self.act1(self.norm1(self.conv1_1x1(self.pre_norm(x))))
-        x = self.act2(self.norm2(self.conv2_kxk(x)))
+        if self.training:
+            x = self.act1(self.norm1(self.conv1_1x1(self.pre_norm(x))))
+            x = self.act2(self.norm2(self.conv2_kxk(x)))
+        else:
+            x = self._forward_folded(x)
         x = self.conv3_1x1(self.se(x))
         return self.drop_path(x) + shortcut
+
+    def _forward_folded(self, x: Tensor) -> Tensor:
+        # In eval the three BatchNorms are affine maps; folding them into the 1x1 and depthwise convs saves three
+        # passes over the 4x-wide hidden map. Exact up to float rounding: the BN before the 1x1 conv meets no padding,
+        # and the other two follow their convs.
+        s0, t0 = _bn_affine(self.pre_norm)
+        s1, t1 = _bn_affine(self.norm1)
+        w1 = self.conv1_1x1.weight.flatten(1)                          # (mid, in)
+        weight = (s1[:, None] * w1 * s0[None, :]).view_as(self.conv1_1x1.weight)
+        bias = s1 * (w1 @ t0) + t1
+        x = self.act1(self.conv1_1x1.forward_with(x, weight, bias))
+        s2, t2 = _bn_affine(self.norm2)
+        x = self.conv2_kxk.forward_with(x, self.conv2_kxk.weight * s2.view(-1, 1, 1, 1), t2)
+        return self.act2(x)
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as y = x * scale + shift, per channel."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
