@@ -364,6 +364,9 @@ def mvit_cases() -> None:
             meta = {"reference": "facebookresearch/mvit MViT(cfg), head.act removed", "torch": torch.__version__,
                     "visattn_model": "mvitv2_tiny", "visattn_overrides": overrides}
             _save(case, model, x, meta)
+        cfg = _official_mvit_cfg(224, (1, 2, 5, 2), 96, 1, False, True)  # configs/MVITv2_T.yaml
+        cfg.MODEL.NUM_CLASSES = 1000
+        _save_manifest("mvit_manifest_official_T", official(cfg), {"reference": "facebookresearch/mvit MVITv2_T"})
 
     # Full-size key/shape manifests: every reference key must map onto visattn's full-size models (checked on meta).
     with torch.device("meta"):

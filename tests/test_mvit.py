@@ -48,6 +48,7 @@ def test_reference_logits_parity(case: str) -> None:
     ("manifest", "variant"),
     [
         ("mvit_manifest_mvitv2_tiny", "mvitv2_tiny"),
+        ("mvit_manifest_official_T", "mvitv2_tiny"),  # facebookresearch/mvit: blocks.N, blocks.N.proj, head.projection
         ("mvit_manifest_mvitv2_large", "mvitv2_large"),
         ("mvit_manifest_mvitv2_base_cls", "mvitv2_base_cls"),
         ("mvit_manifest_tv_mvit_v1_b", "mvit_v1_base_16x4"),

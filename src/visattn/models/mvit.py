@@ -437,17 +437,17 @@ def remap_state_dict(state_dict: dict[str, Tensor], model: MViT) -> dict[str, Te
         if key in own and value.shape != own[key].shape:
             target = own[key].shape
             name = key.rsplit(".", 1)[-1]
-            if name in ("rel_pos_h", "rel_pos_w", "rel_pos_t"):
+            if value.numel() == own[key].numel():
+                value = value.reshape(target)                          # torchvision's (C,) / (N, C) embeddings
+            elif name in ("rel_pos_h", "rel_pos_w", "rel_pos_t"):
                 value = _resize_table(value, target[0])
-            elif key == "pos_embed_temporal" and value.ndim in (2, 3):
-                value = _resize_table(value.reshape(-1, target[-1]), target[1])
-            elif key == "pos_embed_spatial" and value.numel() != own[key].numel():
-                side = math.isqrt(value.numel() // target[-1])
+            elif key == "pos_embed_temporal":
+                value = _resize_table(value.reshape(-1, target[-1]), target[1])[None]
+            elif key == "pos_embed_spatial":
+                side = math.isqrt(value.numel() // target[-1])         # square grids only, as every checkpoint
                 grid = value.reshape(1, side, side, target[-1]).permute(0, 3, 1, 2).float()
                 grid = F.interpolate(grid, size=model.patch_grid[-2:], mode="bicubic", align_corners=False)
                 value = grid.flatten(2).transpose(1, 2).to(value.dtype)
-            if value.numel() == own[key].numel():
-                value = value.reshape(target)                          # torchvision's (C,) / (N, C) embeddings
         out[key] = value
     return out
 
