@@ -25,6 +25,7 @@ COMMANDS = {
     "convert": "convert",
     "bench": "bench",
     "show": "show",
+    "restore": "restore",
 }
 
 

@@ -1,0 +1,297 @@
+"""Restoration task pieces: bicubic resize, PSNR / SSIM, tiled inference, degradation, data, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import visattn
+from visattn.cli import main
+from visattn.models.grl import GRL
+from visattn.tasks.restoration import (
+    PatchDataset,
+    RestorationData,
+    RestorationTask,
+    imresize,
+    psnr,
+    read_image_float,
+    rgb_to_y,
+    ssim,
+    tiled_forward,
+)
+
+# --- bicubic --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_imresize_matches_matlab_semantics(scale: int) -> None:
+    # MATLAB imresize = antialiased Keys bicubic (a = -0.5) with symmetric border padding. PyTorch's antialiased
+    # bicubic uses the same kernel but renormalises at borders, so it must agree on a symmetrically pre-padded image.
+    x = torch.rand(1, 3, 12 * scale, 8 * scale, dtype=torch.float64)
+    pad = 4 * scale
+    padded = torch.from_numpy(np.pad(x.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="symmetric"))
+    ref = F.interpolate(padded, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
+    ref = ref[..., 4:-4, 4:-4]
+    out = imresize(x, 1 / scale)
+    assert out.shape == (1, 3, 12, 8)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    # upscaling (no antialiasing) against the same kernel
+    up = imresize(out, scale)
+    padded = torch.from_numpy(np.pad(out.numpy(), ((0, 0), (0, 0), (4, 4), (4, 4)), mode="symmetric"))
+    ref_up = F.interpolate(padded, scale_factor=scale, mode="bicubic", antialias=True, align_corners=False)
+    torch.testing.assert_close(up, ref_up[..., 4 * scale:-4 * scale, 4 * scale:-4 * scale], atol=1e-12, rtol=0)
+
+
+def test_imresize_is_antialiased_and_keeps_constants() -> None:
+    # Stripes of period 4 (0 1 1 0) have no content below the new Nyquist limit of a 4x reduction: antialiased
+    # downscaling greys them out to their mean, plain bicubic sampling hits the bright pair and aliases.
+    stripes = ((torch.arange(32) % 4 == 1) | (torch.arange(32) % 4 == 2)).double()
+    x = stripes.expand(32, 32)[None, None]
+    small = imresize(x, 0.25)
+    assert (small - 0.5).abs().max() < 0.02
+    aliased = F.interpolate(x, scale_factor=0.25, mode="bicubic", align_corners=False)
+    assert (aliased - 0.5).abs().max() > 0.4
+    const = torch.full((1, 1, 17, 23), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(imresize(const, 0.5), torch.full((1, 1, 9, 12), 0.3, dtype=torch.float64))
+
+
+# --- metrics --------------------------------------------------------------------------------------------------------
+
+
+def test_psnr_known_values() -> None:
+    a = torch.full((1, 1, 16, 16), 100 / 255, dtype=torch.float64)
+    b = a + 5 / 255
+    assert float(psnr(a, b, y_channel=False)[0]) == pytest.approx(20 * math.log10(255 / 5), abs=1e-9)
+    # on Y: a grey offset of d in every channel moves Y by d * (65.481 + 128.553 + 24.966) / 255
+    rgb_a, rgb_b = a.expand(1, 3, 16, 16), b.expand(1, 3, 16, 16)
+    dy = 5 * 219 / 255
+    assert float(psnr(rgb_a, rgb_b)[0]) == pytest.approx(20 * math.log10(255 / dy), abs=1e-9)
+    # the border crop ignores what happens near the edges
+    c = b.clone()
+    c[..., :2, :] = 0
+    assert float(psnr(a, c, border=2, y_channel=False)[0]) == pytest.approx(20 * math.log10(255 / 5), abs=1e-9)
+
+
+def test_rgb_to_y_range() -> None:
+    white, black = torch.ones(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)
+    assert torch.allclose(rgb_to_y(white), torch.tensor(235.0)) and torch.allclose(rgb_to_y(black), torch.tensor(16.0))
+
+
+def test_ssim_known_values() -> None:
+    x = torch.rand(2, 3, 32, 40, dtype=torch.float64)
+    torch.testing.assert_close(ssim(x, x), torch.ones(2, dtype=torch.float64))
+    # constant images: only the luminance term remains, (2ab + C1) / (a^2 + b^2 + C1)
+    a, b = 0.2, 0.6
+    A = torch.full((1, 1, 20, 20), a, dtype=torch.float64)
+    B = torch.full((1, 1, 20, 20), b, dtype=torch.float64)
+    c1 = (0.01 * 255) ** 2
+    expected = (2 * a * b * 255 ** 2 + c1) / ((a * 255) ** 2 + (b * 255) ** 2 + c1)
+    assert float(ssim(A, B, y_channel=False)[0]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_ssim_matches_scikit_image() -> None:
+    from skimage.metrics import structural_similarity
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 1, 40, 50, generator=g, dtype=torch.float64)
+    b = (a + 0.1 * torch.randn(a.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    ref = structural_similarity(a[0, 0].numpy() * 255, b[0, 0].numpy() * 255, data_range=255,
+                                gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert float(ssim(a, b, y_channel=False)[0]) == pytest.approx(ref, abs=1e-12)
+
+
+# --- tiled inference ------------------------------------------------------------------------------------------------
+
+
+def _local_sr_model(scale: int) -> torch.nn.Module:
+    # receptive field: 2 input pixels on each side (two 3x3 convs), then pixel shuffle
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(),
+                               torch.nn.Conv2d(8, 3 * scale * scale, 3, padding=1),
+                               torch.nn.PixelShuffle(scale)).double()
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_tiled_equals_whole_image_when_overlap_covers_the_receptive_field(scale: int) -> None:
+    model = _local_sr_model(scale)
+    x = torch.rand(1, 3, 45, 61, dtype=torch.float64)
+    with torch.no_grad():
+        whole = model(x)
+        tiled = tiled_forward(model, x, scale=scale, tile=16, overlap=8)   # overlap/4 = 2 px of context
+        short = tiled_forward(model, x, scale=scale, tile=16, overlap=4)   # 1 px: tile borders show
+    torch.testing.assert_close(tiled, whole, atol=1e-12, rtol=0)
+    assert (short - whole).abs().max() > 1e-6
+
+
+def test_tiled_grl_single_tile_and_blend_weights() -> None:
+    model = visattn.create_model("grl_tiny", **GRL.test_overrides).eval()
+    x = torch.rand(1, 3, 20, 24)
+    calls = []
+    with torch.no_grad():
+        torch.testing.assert_close(tiled_forward(model, x, scale=2, tile=24, overlap=8), model(x))
+        out = tiled_forward(model, x, scale=2, tile=12, overlap=4, progress=calls.append)
+    assert out.shape == (1, 3, 40, 48) and torch.isfinite(out).all()
+    assert len(calls) == 2 * 3                                          # rows start at 0, 8; columns at 0, 8, 12
+    # a constant function blends to exactly that constant (the weights are normalised everywhere)
+    ones = tiled_forward(lambda t: torch.ones(t.shape[0], 1, t.shape[2] * 2, t.shape[3] * 2), x, scale=2, tile=12,
+                         overlap=4)
+    torch.testing.assert_close(ones, torch.ones_like(ones))
+
+
+# --- task: degradation and data -------------------------------------------------------------------------------------
+
+
+def _task(name: str, **kw) -> RestorationTask:
+    g = torch.Generator().manual_seed(0)
+    train = [("a", (torch.rand(3, 40, 48, generator=g) * 255).to(torch.uint8)),
+             ("b", (torch.rand(3, 64, 33, generator=g) * 255).to(torch.uint8))]
+    val = [("v", (torch.rand(3, 24, 28, generator=g) * 255).to(torch.uint8), None)]
+    return RestorationTask(RestorationData(train=train, val=val, source={}), task=name, patch=16, **kw)
+
+
+def test_sr_augment_pairs_lr_with_its_hr() -> None:
+    task = _task("sr", scale=4)
+    images = torch.stack([task.train_set[i][0] for i in range(6)])
+    x, y = task.augment(images, torch.Generator().manual_seed(1), 8, 2)
+    assert x.shape == (6, 3, 4, 4) and y.shape == (6, 3, 16, 16)
+    torch.testing.assert_close(x, (imresize(y, 0.25).clamp(0, 1) * 255).round() / 255)
+    # the flip / rotation is one of the eight symmetries of the patch, same for input and target
+    for img, target in zip(images.float() / 255, y):
+        views = [torch.rot90(v, k, (-2, -1)) for v in (img, img.flip(-1)) for k in range(4)]
+        assert any(torch.equal(v, target) for v in views)
+
+
+def test_denoise_augment_adds_gaussian_noise_of_sigma() -> None:
+    task = _task("denoise", sigma=25)
+    images = torch.stack([task.train_set[i][0] for i in range(8)])
+    x, y = task.augment(images, torch.Generator().manual_seed(1), 8, 0)
+    assert x.shape == y.shape
+    assert float((x - y).std() * 255) == pytest.approx(25, rel=0.05)
+    # the same step draws the same noise however the global batch is split between processes
+    x1, _ = task.augment(images[4:], torch.Generator().manual_seed(1), 8, 4)
+    torch.testing.assert_close(x1 - _, x[4:] - y[4:])
+
+
+def test_patch_crops_stay_inside_their_images() -> None:
+    images = [torch.zeros(1, 20, 30, dtype=torch.uint8), torch.zeros(1, 50, 17, dtype=torch.uint8)]
+    ds = PatchDataset(images, 16, 200, seed=3)
+    for i in range(len(ds)):
+        patch, k = ds[i]
+        assert patch.shape == (1, 16, 16)
+        y, x = ds.corners[i].tolist()
+        assert 0 <= y <= images[k].shape[1] - 16 and 0 <= x <= images[k].shape[2] - 16
+
+
+def test_evaluate_reports_model_and_bicubic() -> None:
+    task = _task("sr", scale=2)
+    model = visattn.create_model("grl_tiny", **GRL.test_overrides).eval()
+    result = task.evaluate(model)
+    hr = task.val_set[0][1].float()[None] / 255
+    base = task.baseline(task.prepare_eval(task.val_set[0][1], None, 0)[None], tuple(hr.shape[-2:]))
+    assert result["val_bicubic_psnr"] == pytest.approx(float(psnr(base, hr, border=2)[0]))
+    assert set(result) >= {"val_psnr", "val_ssim", "val_loss", "val_bicubic_ssim"}
+
+
+# --- image files ------------------------------------------------------------------------------------------------------
+
+
+def test_read_16bit_grayscale_keeps_precision(tmp_path) -> None:
+    values = np.array([[0, 1000, 65535], [30000, 40000, 50000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    x, info = read_image_float(tmp_path / "g16.png")
+    assert info["bits"] == 16 and x.shape == (1, 2, 3)
+    torch.testing.assert_close(x[0], torch.from_numpy(values / 65535.0).float())
+
+
+# --- CLI end to end ---------------------------------------------------------------------------------------------------
+
+TINY_GRL = ["--set", "embed_dim=16", "--set", "depths=[2]", "--set", "num_heads_window=[2]", "--set",
+            "num_heads_stripe=[2]", "--set", "window_size=8", "--set", "stripe_size=8,null", "--set",
+            "stripe_groups=null,4", "--set", "cpb_hidden=32"]
+
+
+@pytest.mark.slow
+def test_train_sr_on_a_folder_with_a_benchmark(tmp_path) -> None:
+    # `visattn train --task sr` on a folder of HQ images (one of them corrupt) with a Set5-style benchmark folder.
+    data = tmp_path / "hq"
+    data.mkdir()
+    g = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(g.integers(0, 255, (48, 56, 3), dtype=np.uint8)).save(data / f"img{i}.png")
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    bench = tmp_path / "Set2" / "HR"
+    bench.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(g.integers(0, 255, (34, 30, 3), dtype=np.uint8)).save(bench / f"b{i}.png")
+    run = tmp_path / "run"
+    args = ["train", "--task", "sr", "--scale", "2", *TINY_GRL, "--data", str(data), "--val-data",
+            str(tmp_path / "Set2"), "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+            "--out", str(run)]
+    assert main(args) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_count"] == 2 and summary["best"]["metric"] == "val_psnr"
+    assert math.isfinite(summary["val_psnr"]) and math.isfinite(summary["val_bicubic_psnr"])
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["task"] == "sr" and meta["scale"] == 2 and meta["config"]["upscale"] == 2
+    assert main(["restore", "--checkpoint", str(run), "--threads", "1", str(bench / "b0.png")]) == 0
+    assert (bench / "b0_x2.png").is_file()
+
+
+@pytest.fixture()
+def sr_run(tmp_path_factory) -> object:
+    """An exported (untrained) x2 SR model with visattn metadata, as `visattn train` leaves it."""
+    from visattn.checkpoint import export_model, model_meta
+
+    run = tmp_path_factory.mktemp("sr_run")
+    model = visattn.create_model("grl_tiny", **GRL.test_overrides)
+    export_model(run, model.state_dict(), model_meta(model, task="sr", scale=2))
+    return run
+
+
+def test_restore_cli_outputs_and_bad_inputs(sr_run, tmp_path, capsys) -> None:
+    Image.fromarray(np.full((20, 24, 3), 128, dtype=np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.full((20, 24), 300, dtype=np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(np.zeros((5, 30, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    args = ["restore", "--checkpoint", str(sr_run), "--tile", "16", "--tile-overlap", "8", "--threads", "1"]
+    assert main([*args, *(str(tmp_path / n) for n in ("rgb.png", "g16.png", "small.png", "bad.png"))]) == 0
+    err = capsys.readouterr().err
+    assert "small.png" in err and "8x8" in err and "bad.png" in err
+    with Image.open(tmp_path / "rgb_x2.png") as im:
+        assert im.size == (48, 40) and im.mode == "RGB"
+    with Image.open(tmp_path / "g16_x2.png") as im:
+        assert im.size == (48, 40) and im.mode == "I;16"                 # grayscale 16-bit stays so
+    # no overwrite without --overwrite; the existing output is untouched
+    before = (tmp_path / "rgb_x2.png").read_bytes()
+    Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    assert main([*args, str(tmp_path / "rgb.png")]) == 1
+    assert (tmp_path / "rgb_x2.png").read_bytes() == before
+    assert main([*args, "--overwrite", str(tmp_path / "rgb.png")]) == 0
+    assert (tmp_path / "rgb_x2.png").read_bytes() != before
+    # the checkpoint says what it is
+    assert main([*args, "--scale", "4", str(tmp_path / "rgb.png")]) == 1
+    assert "x2" in capsys.readouterr().err
+
+
+def test_restore_grayscale_denoiser(tmp_path, capsys) -> None:
+    from visattn.checkpoint import export_model, model_meta
+
+    model = visattn.create_model("grl_tiny_denoise", **{**GRL.test_overrides, "upscale": 1, "in_chans": 1})
+    export_model(tmp_path / "run", model.state_dict(), model_meta(model, task="denoise", noise_sigma=25.0))
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.full((16, 18), 90, dtype=np.uint8)).save(tmp_path / "gray.png")
+    args = ["restore", "--checkpoint", str(tmp_path / "run"), "--threads", "1"]
+    assert main([*args, str(tmp_path / "rgb.png")]) == 1
+    assert "grayscale" in capsys.readouterr().err
+    assert main([*args, "--task", "sr", str(tmp_path / "gray.png")]) == 1
+    assert "denoise model" in capsys.readouterr().err
+    assert main([*args, "--add-noise", "--sigma", "25", str(tmp_path / "gray.png")]) == 0
+    with Image.open(tmp_path / "gray_denoised.png") as out, Image.open(tmp_path / "gray_noisy.png") as noisy:
+        assert out.size == noisy.size == (18, 16) and out.mode == "L"
+        assert np.asarray(noisy).std() > 10                              # sigma 25 noise was added first
