@@ -30,7 +30,7 @@ def visattn(*args: str, env: dict[str, str] | None = None, check: bool = True,
             timeout: float = 240) -> subprocess.CompletedProcess:
     """Run `python -m visattn.cli ARGS` in a fresh process (the console script's code path)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "visattn.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "visattn.cli", *args], check=False, capture_output=True, text=True,
                           env=full_env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"visattn {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -106,7 +106,7 @@ def test_torchrun_two_processes_match_one(tiny_run: Path, tmp_path: Path) -> Non
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "visattn.cli", "train", *TINY, "--out", str(run)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "(2 processes)" in proc.stdout
     rows_one = [json.loads(r) for r in (tiny_run / "metrics.jsonl").read_text().splitlines()]
@@ -143,7 +143,7 @@ def test_predict_top_k_and_skips_unreadable(tiny_run: Path, tmp_path: Path) -> N
 
     from visattn.tasks.classification import load_digits
 
-    images, labels, _ = load_digits(32)
+    images, _, _ = load_digits(32)
     paths = []
     for i in range(2):
         path = tmp_path / f"digit{i}.png"

@@ -7,7 +7,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "create_attention", "list_attention", "load_pretrained", "layers"]
+__all__ = ["create_attention", "create_model", "layers", "list_attention", "list_models", "load_pretrained"]
 
 # Names resolved on first use (PEP 562), so `import visattn` - and the `visattn --help` console script - does not
 # import torch until something needs it.

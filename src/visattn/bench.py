@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -27,8 +28,15 @@ from torch import Tensor, nn
 from .layers.attend import attend, use_fused
 from .layers.checks import check_image
 
-__all__ = ["GlobalAttention", "count_flops", "model_summary", "time_call", "peak_memory", "bench_rows",
-           "example_input_shape"]
+__all__ = [
+    "GlobalAttention",
+    "bench_rows",
+    "count_flops",
+    "example_input_shape",
+    "model_summary",
+    "peak_memory",
+    "time_call",
+]
 
 
 class GlobalAttention(nn.Module):
@@ -180,7 +188,7 @@ class Target:
 
 
 def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, batch: int = 1,
-               mode: str = "fwd", dtype: str = "fp32", device: torch.device = torch.device("cpu"),
+               mode: str = "fwd", dtype: str = "fp32", device: torch.device | None = None,
                compile: bool = False, warmup: int = 2, iters: int = 5, max_seconds: float | None = 10.0,
                max_tokens: int | None = None, memory: bool = True) -> Iterator[dict[str, Any]]:
     """Measure every target at every size; yields one CSV row per (target, size).
@@ -190,6 +198,7 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
         dtype: ``fp32`` or ``bf16`` (autocast).
         max_tokens: skip timing (FLOPs still counted) where H*W exceeds this, e.g. for global attention.
     """
+    device = device or torch.device("cpu")
     if mode not in ("fwd", "fwdbwd"):
         raise ValueError(f"mode must be fwd or fwdbwd, got {mode!r}")
     if dtype not in ("fp32", "bf16"):
@@ -206,9 +215,9 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
             with torch.device("meta"):
                 meta_module = target.build()
             meta_module.train(mode == "fwdbwd")
+            meta_x = torch.empty(shape, device="meta", requires_grad=mode == "fwdbwd")
             try:
-                flops = count_flops(lambda: _step(meta_module, torch.empty(shape, device="meta",
-                                                                            requires_grad=mode == "fwdbwd"), mode))
+                flops = count_flops(functools.partial(_step, meta_module, meta_x, mode))
                 row["gmacs"] = flops / 2e9 / batch
             except (NotImplementedError, RuntimeError):
                 row["gmacs"] = None
@@ -220,14 +229,17 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
             amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
                    else contextlib.nullcontext())
 
-            def call() -> None:
-                with amp:
-                    _step(runner, x, mode)
+            call = functools.partial(_autocast_step, runner, x, mode, amp)
 
             try:
                 ms = time_call(call, device, warmup=warmup, iters=iters, max_seconds=max_seconds)
                 row.update(ms=ms, img_per_s=1000 * batch / ms)
                 row["peak_mem_mb"] = peak_memory(call, device) if memory and not compile else None
+            except ValueError as err:
+                if "more than 1 value per channel" in str(err):  # BatchNorm statistics of a single value
+                    raise ValueError(f"{target.name} at {size[0]}x{size[1]}: BatchNorm in training mode needs "
+                                     "--batch-size >= 2 for --mode fwdbwd") from err
+                raise
             except torch.OutOfMemoryError:
                 row.update(ms=None, img_per_s=None, peak_mem_mb=None, note="out of memory")
             print(f"  {target.name:<24} {size[0]:>4}x{size[1]:<4} "
@@ -239,6 +251,11 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
 
 def _f(value: float | None, spec: str) -> str:
     return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
+
+
+def _autocast_step(module: nn.Module, x: Tensor, mode: str, amp: contextlib.AbstractContextManager) -> None:
+    with amp:
+        _step(module, x, mode)
 
 
 def _step(module: nn.Module, x: Tensor, mode: str) -> None:

@@ -34,16 +34,16 @@ __all__ = [
     "MODEL_META",
     "Checkpoint",
     "atomic_write_bytes",
-    "write_json_atomic",
-    "save_safetensors_atomic",
-    "save_checkpoint",
+    "export_model",
     "latest_checkpoint",
     "load_checkpoint",
-    "export_model",
-    "resolve_model_file",
     "load_model",
-    "optimizer_state_to_flat",
     "optimizer_state_from_flat",
+    "optimizer_state_to_flat",
+    "resolve_model_file",
+    "save_checkpoint",
+    "save_safetensors_atomic",
+    "write_json_atomic",
 ]
 
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "all_gather_objects", "barrier", "convert_sync_batchnorm"]
+__all__ = ["DistInfo", "all_gather_objects", "all_reduce_sum", "barrier", "convert_sync_batchnorm", "init_distributed"]
 
 
 @dataclass(frozen=True)

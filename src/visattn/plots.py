@@ -14,7 +14,7 @@ from typing import Any
 
 log = logging.getLogger("visattn")
 
-__all__ = ["have_matplotlib", "plot_curves", "plot_confusion", "plot_scaling"]
+__all__ = ["have_matplotlib", "plot_confusion", "plot_curves", "plot_scaling"]
 
 
 def have_matplotlib() -> bool:

@@ -24,8 +24,14 @@ from torch import Tensor, nn
 
 from .layers.partition import grid_partition, grid_reverse, pad_to_multiple, to_2tuple, window_partition, window_reverse
 
-__all__ = ["partition_ids", "exact_attention_modules", "attention_maps", "receptive_field", "plot_partitions",
-           "plot_attention"]
+__all__ = [
+    "attention_maps",
+    "exact_attention_modules",
+    "partition_ids",
+    "plot_attention",
+    "plot_partitions",
+    "receptive_field",
+]
 
 
 def partition_ids(height: int, width: int, partition_size: int | tuple[int, int]) -> tuple[Tensor, Tensor, tuple]:

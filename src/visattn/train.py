@@ -41,9 +41,9 @@ from .checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
-from .distributed import DistInfo, all_gather_objects, barrier, convert_sync_batchnorm, init_distributed
+from .distributed import all_gather_objects, barrier, convert_sync_batchnorm, init_distributed
 
-__all__ = ["TrainConfig", "TrainError", "train", "lr_at", "ModelEma", "RUNTIME_FIELDS"]
+__all__ = ["RUNTIME_FIELDS", "ModelEma", "TrainConfig", "TrainError", "lr_at", "train"]
 
 log = logging.getLogger("visattn")
 
@@ -78,6 +78,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     sync_bn: bool = True                 # synchronise BatchNorm statistics across processes under torchrun
+    bn_momentum: float | None = None     # override BatchNorm momentum (MaxViT's 0.01 lags in short runs)
     seed: int = 0
     deterministic: bool = False
     out: str = "runs/train"
@@ -291,6 +292,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         if not hasattr(model, "set_grad_checkpointing"):
             raise TrainError(f"{cfg.model} does not support gradient checkpointing")
         model.set_grad_checkpointing(True)
+    if cfg.bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = cfg.bn_momentum
     meta = model_meta(model, **task.model_meta())
     model.to(device)
     if info.enabled and cfg.sync_bn:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["COMMANDS", "main"]
 
 # command -> module (``list`` is a Python builtin, hence list_.py)
 COMMANDS = {
@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(debug)
     try:
         return int(args.run(args) or 0)
+    except BrokenPipeError:  # `visattn list | head`: the reader went away; leave quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("visattn: interrupted", file=sys.stderr)
         return 130

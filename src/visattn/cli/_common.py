@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["parse_overrides", "add_runtime_args", "apply_runtime", "parse_sizes"]
+__all__ = ["add_runtime_args", "apply_runtime", "parse_overrides", "parse_sizes"]
 
 
 def _value(text: str) -> Any:

@@ -65,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
         n = _infer_num_classes(args.model, overrides, state)
         if n is not None:
             overrides["num_classes"] = n
-    model = create_model(args.model, **overrides)
     try:
+        with torch.device("meta"):                                     # keys and shapes first, without allocating
+            load_pretrained(create_model(args.model, **overrides), state)
+        model = create_model(args.model, **overrides)
         load_pretrained(model, state)
     except ValueError as err:
         reason = str(err).splitlines()[0].rstrip(":")

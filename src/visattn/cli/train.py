@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     opt.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                      help="under torchrun, keep BatchNorm statistics per process")
+    opt.add_argument("--bn-momentum", type=float,
+                     help="BatchNorm momentum override; MaxViT's 0.01 (TF decay 0.99) needs thousands of steps "
+                          "before its running statistics fit, use 0.1 for short runs")
     opt.add_argument("--seed", type=int)
     opt.add_argument("--deterministic", action="store_true", default=None,
                      help="torch.use_deterministic_algorithms (bitwise-reproducible resume on CPU)")
@@ -72,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 _ARG_TO_FIELD = {"batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad",
-                 "amp", "ema_decay", "grad_checkpointing", "compile", "sync_bn", "seed", "deterministic", "img_size",
+                 "amp", "ema_decay", "grad_checkpointing", "compile", "sync_bn", "bn_momentum", "seed", "deterministic", "img_size",
                  "crop_pct", "crop_scale", "hflip", "mean", "std", "val_fraction", "train_limit", "val_limit",
                  "save_every", "keep", "log_every", "eval_batch_size", "epochs", "data", "model", "pretrained",
                  "device", "workers", "threads", "progress", "task", "scale", "noise_sigma", "val_data"}

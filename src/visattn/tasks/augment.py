@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sample_crops", "center_crops", "apply_crops", "normalize"]
+__all__ = ["apply_crops", "center_crops", "normalize", "sample_crops"]
 
 
 def sample_crops(n: int, generator: torch.Generator, *, scale: tuple[float, float] = (0.08, 1.0),

@@ -37,10 +37,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ClassificationData",
     "ClassificationTask",
+    "collate",
     "load_classification_data",
     "read_image",
     "topk_correct",
-    "collate",
 ]
 
 log = logging.getLogger("visattn")
@@ -351,12 +351,13 @@ class ClassificationTask:
         return {"correct": float((logits.argmax(-1) == targets).sum())}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, *, batch_size: int, device: torch.device, dist_info: DistInfo = DistInfo(),
+    def evaluate(self, model: nn.Module, *, batch_size: int, device: torch.device, dist_info: DistInfo | None = None,
                  autocast: Callable[[], Any] | None = None, workers: int = 0,
                  dataset: torch.utils.data.Dataset | None = None) -> dict[str, Any]:
         """Loss (no smoothing), top-1 / top-5 accuracy (%) and the confusion matrix (rows: truth) on ``dataset``
         (default the validation split); each process evaluates a strided shard and the counts are summed."""
         ds = self.val_set if dataset is None else dataset
+        dist_info = dist_info or DistInfo()
         shard = list(range(dist_info.rank, len(ds), dist_info.world_size))
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, shard), batch_size=batch_size,
                                              num_workers=workers, shuffle=False,
