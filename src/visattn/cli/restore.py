@@ -63,8 +63,8 @@ def _model_and_task(args: argparse.Namespace) -> tuple[object, str, int, dict]:
         raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a restoration model")
     task = meta.get("task") or ("denoise" if upscale == 1 else "sr")
     if args.task and args.task != task:
-        raise ValueError(f"the checkpoint is a {task} model ({'x%d' % upscale if upscale > 1 else 'denoising'}), "
-                         f"not {args.task}")
+        what = f"x{upscale}" if upscale > 1 else "denoising"
+        raise ValueError(f"the checkpoint is a {task} model ({what}), not {args.task}")
     if task == "sr" and args.scale and args.scale != upscale:
         raise ValueError(f"the checkpoint upscales x{upscale}; --scale {args.scale} needs a x{args.scale} model")
     return model, task, upscale, meta

@@ -89,7 +89,7 @@ def _resize_matrix(in_len: int, out_len: int, scale: float) -> Tensor:
     i = torch.arange(1, out_len + 1, dtype=torch.float64)
     u = i / scale + 0.5 * (1 - 1 / scale)
     left = torch.floor(u - width / 2)
-    taps = int(math.ceil(width)) + 2
+    taps = math.ceil(width) + 2
     idx = left[:, None] + torch.arange(taps, dtype=torch.float64)[None]    # (out, taps), 1-based
     dist = u[:, None] - idx
     w = scale * _cubic(scale * dist) if shrink else _cubic(dist)
@@ -289,9 +289,8 @@ def read_image_float(path: str | os.PathLike, channels: int | None = None) -> tu
             x = torch.from_numpy(np.asarray(im).astype(np.float32)).clamp(0, 1)[None]
             bits = 16
         else:
-            if im.mode in ("RGBA", "LA", "P", "PA") or "transparency" in im.info:
-                if im.mode != "P" or "transparency" in im.info:
-                    log.warning("%s: dropping the alpha channel", path)
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                log.warning("%s: dropping the alpha channel", path)
             if im.mode not in ("L", "RGB"):
                 im = im.convert("L" if im.mode in ("1", "LA") else "RGB")
             arr = np.asarray(im)
@@ -610,12 +609,13 @@ class RestorationTask:
         return quantize(imresize(x, size=hr_size)) if self.name == "sr" else quantize(x)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, *, batch_size: int = 1, device: torch.device = torch.device("cpu"),
-                 dist_info: DistInfo = DistInfo(), autocast: Callable[[], Any] | None = None, workers: int = 0,
+    def evaluate(self, model: nn.Module, *, batch_size: int = 1, device: torch.device | str = "cpu",
+                 dist_info: DistInfo | None = None, autocast: Callable[[], Any] | None = None, workers: int = 0,
                  dataset: EvalImages | None = None) -> dict[str, Any]:
         """L1, PSNR and SSIM (Y channel, 8-bit outputs, ``scale`` border crop) over whole images, and the same for
         the bicubic / noisy-input baseline; each process takes every world_size-th image and the sums are reduced."""
         ds = self.val_set if dataset is None else dataset
+        dist_info = dist_info or DistInfo()
         was_training = model.training
         model.eval()
         sums = torch.zeros(6, dtype=torch.float64)                      # l1, psnr, ssim, base psnr, base ssim, n
