@@ -15,8 +15,9 @@ Notes against the reference code (dingmyu/davit ``ChannelAttention``, reproduced
   softmax(k^T v * C_g^-0.5) q^T; in the paper's letters its ``k`` is Q, its ``v`` is K and its ``q`` is V. We keep the
   reference's storage order in ``qkv`` (rows [0:C) = V, [C:2C) = Q, [2C:3C) = K) so its checkpoints load unchanged,
   and name the tensors by their role in the paper.
-- The reference multiplies its ``k`` (our Q) by C_g^-0.5 before the product; we pass the same scale to the
-  attention kernel, which applies it to Q (or to the logits, in the fused path). Identical up to float rounding.
+- The reference multiplies its ``k`` (our Q) by C_g^-0.5 before the product; our default path scales the
+  C_g x C_g logits instead (fewer multiplies), the reference path (``use_fused(False)``) scales Q through
+  ``layers.attend``. Identical up to float rounding.
 - C_g is ``dim // num_groups`` in both (the reference calls the groups ``num_heads``).
 - Not implemented: timm's ``ChannelAttentionV2`` (Florence-2), which scales by (H*W)^-0.5 ("dynamic scale").
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..layers.attend import attend
+from ..layers.attend import attend, fused_enabled
 from ..layers.checks import check_image
 from ..registry import register_attention
 
@@ -59,11 +60,18 @@ class ChannelGroupAttention(nn.Module):
         """Attention over the channels of a token sequence. Shape: (B, N, C) -> (B, N, C), N = H*W."""
         B, N, C = x.shape
         G, Cg = self.num_groups, self.group_dim
-        qkv = self.qkv(x).reshape(B, N, 3, G, Cg).permute(2, 0, 3, 4, 1)      # (3, B, G, Cg, N)
-        v, q, k = qkv.unbind(0)  # reference storage order, see the module docstring; each (B, G, Cg, N)
-        # Rows of the softmax are the C_g query channels; each "token" carries its whole map of N values.
-        out = attend(q, k, v, scale=self.scale)                                 # (B, G, Cg, N)
-        out = out.permute(0, 3, 1, 2).reshape(B, N, C)                          # (B, N, C)
+        qkv = self.qkv(x).reshape(B, N, 3, G, Cg).permute(2, 0, 3, 1, 4)      # (3, B, G, N, Cg)
+        v, q, k = qkv.unbind(0)  # reference storage order, see the module docstring; each (B, G, N, Cg)
+        if fused_enabled():
+            # Q^T K and V A^T are two small GEMMs straight on the strided views: no transposed copies, and no
+            # SDPA, which has no fused kernel for head_dim = H*W and falls back to a slower math path (measured).
+            attn = (q.transpose(-2, -1) @ k).mul_(self.scale).softmax(dim=-1)  # (B, G, Cg, Cg)
+            out = v @ attn.transpose(-2, -1)                                    # (B, G, N, Cg)
+        else:
+            # The paper's formula through the shared kernel: channel tokens (rows) with N features each.
+            out = attend(q.transpose(-2, -1), k.transpose(-2, -1), v.transpose(-2, -1), scale=self.scale,
+                         fused=False).transpose(-2, -1)                         # (B, G, N, Cg)
+        out = out.transpose(1, 2).reshape(B, N, C)                              # (B, N, C)
         return self.proj_drop(self.proj(out))
 
     def forward_cl(self, x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..layers.attend import attend, key_padding_bias
 from ..layers.checks import check_image
-from ..layers.partition import pad_to_multiple, to_2tuple, valid_token_mask, window_partition, window_reverse
+from ..layers.partition import pad_to_multiple, to_2tuple, valid_token_mask, window_partition
 from ..registry import register_attention
 
 __all__ = ["SpatialWindowAttention"]
@@ -56,7 +56,7 @@ class SpatialWindowAttention(nn.Module):
         x, pad = pad_to_multiple(x, self.window_size)
         Hp, Wp = H + pad[0], W + pad[1]
         p0, p1 = self.window_size
-        N = p0 * p1
+        nH, nW, N = Hp // p0, Wp // p1, p0 * p1
         windows = window_partition(x, self.window_size).reshape(-1, N, C)     # (B*nWin, N, C)
         qkv = self.qkv(windows).reshape(-1, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                        # 3 x (B*nWin, heads, N, hd)
@@ -67,12 +67,12 @@ class SpatialWindowAttention(nn.Module):
             bias = key_padding_bias(valid, q.dtype)                           # (nWin, 1, 1, N)
             bias = bias.expand(B, n_win, 1, 1, N).reshape(B * n_win, 1, 1, N)  # (B*nWin, 1, 1, N)
         out = attend(q, k, v, bias=bias)                                      # (B*nWin, heads, N, hd)
-        out = out.transpose(1, 2).reshape(-1, p0, p1, C)                      # (B*nWin, p0, p1, C)
-        out = self.proj_drop(self.proj(out))
-        out = window_reverse(out, self.window_size, (Hp, Wp))                 # (B, Hp, Wp, C)
+        # Merging the heads and undoing the partition is one permute, so one copy instead of two.
+        out = out.view(B, nH, nW, self.num_heads, p0, p1, self.head_dim)     # (B, nH, nW, heads, p0, p1, hd)
+        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)           # (B, Hp, Wp, C)
         if pad[0] or pad[1]:
-            out = out[:, :H, :W].contiguous()
-        return out
+            out = out[:, :H, :W]                                              # the projection skips the padding
+        return self.proj_drop(self.proj(out))
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, C, H, W) -> (B, C, H, W), any H, W."""
