@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import _fewshot
 from ._common import add_runtime_args
 
 
@@ -23,11 +24,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only N images")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--out", "-o", help="folder for eval.json and confusion.png (default: beside the checkpoint)")
+    p.add_argument("--task", choices=["classification", "fewshot"],
+                   help="default: the checkpoint's task (fewshot: Dice on held-out classes, see below)")
+    _fewshot.add_eval_args(p)
     add_runtime_args(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task == "fewshot":
+        return _fewshot.run_eval(args)
     import contextlib
     from pathlib import Path
 
@@ -40,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = apply_runtime(args)
     model, meta = load_model(args.checkpoint, model_name=args.model)
+    if meta.get("task") == "fewshot" and args.task is None:
+        return _fewshot.run_eval(args)
     if meta.get("task", "classification") != "classification":
         raise ValueError(f"{args.checkpoint} is a {meta['task']} model; eval handles classification checkpoints")
     saved_data = meta.get("data", {})

@@ -7,22 +7,29 @@ from __future__ import annotations
 
 import argparse
 
+from . import _fewshot
 from ._common import add_runtime_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k classes with probabilities for image files",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="*", metavar="IMAGE")
+    p.add_argument("--task", choices=["classification", "fewshot"], default="classification")
     p.add_argument("--checkpoint", "-c", required=True, help="run folder, checkpoint folder or .safetensors file")
     p.add_argument("--model", "-m", help="expected architecture (required for weights without model.json)")
     p.add_argument("--topk", "-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    _fewshot.add_predict_args(p)
     add_runtime_args(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task == "fewshot":
+        return _fewshot.run_predict(args)
+    if not args.images:
+        raise ValueError("no IMAGE given (few-shot segmentation: --task fewshot --support IMAGE MASK --query IMAGE)")
     import json
     import logging
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import _fewshot
 from ._common import add_model_args, parse_overrides
 
 
@@ -18,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     task = p.add_argument_group("restoration (--task sr | denoise)")
-    task.add_argument("--task", choices=["classification", "sr", "denoise"],
+    task.add_argument("--task", choices=["classification", "sr", "denoise", "fewshot"],
                       help="classification (default), sr (super-resolution) or denoise; sr/denoise default to "
                            "--model grl_tiny on the built-in scikit-image photos (--data photos)")
     task.add_argument("--scale", type=int, help="sr: upscaling factor (default 4)")
@@ -71,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rt.add_argument("--threads", type=int, help="torch CPU threads")
     rt.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: when stderr is a terminal)")
+    _fewshot.add_train_args(p)
     p.set_defaults(run=run)
 
 
@@ -88,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import latest_checkpoint, load_checkpoint
     from ..train import RUNTIME_FIELDS, TrainConfig, config_from_saved, train
 
+    if args.task == "fewshot":
+        return _fewshot.run_train(args)
     log = logging.getLogger("visattn")
     given = {k: v for k, v in vars(args).items() if k in _ARG_TO_FIELD and v is not None}
     for key in ("crop_scale", "mean", "std"):
