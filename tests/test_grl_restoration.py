@@ -295,3 +295,40 @@ def test_restore_grayscale_denoiser(tmp_path, capsys) -> None:
     with Image.open(tmp_path / "gray_denoised.png") as out, Image.open(tmp_path / "gray_noisy.png") as noisy:
         assert out.size == noisy.size == (18, 16) and out.mode == "L"
         assert np.asarray(noisy).std() > 10                              # sigma 25 noise was added first
+
+
+def test_training_folder_bad_inputs(tmp_path, caplog) -> None:
+    from visattn.tasks.base import DataError
+    from visattn.tasks.restoration import load_restoration_data
+
+    data = tmp_path / "hq"
+    data.mkdir()
+    Image.fromarray(np.full((40, 44, 3), 200, dtype=np.uint8)).save(data / "rgb.png")
+    Image.fromarray(np.full((40, 40), 120, dtype=np.uint8)).save(data / "gray.png")          # converted to RGB
+    Image.fromarray(np.full((36, 40), 40000, dtype=np.uint16)).save(data / "deep.png")      # 16-bit grayscale
+    Image.fromarray(np.zeros((10, 40, 3), dtype=np.uint8)).save(data / "small.png")         # below the patch
+    (data / "corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (data / "notes.txt").write_text("ignored")
+    loaded = load_restoration_data(str(data), task="sr", scale=2, channels=3, patch=32, val_fraction=0.3)
+    names = {n for n, _ in loaded.train} | {n for n, _, _ in loaded.val}
+    assert names == {"rgb", "gray", "deep"}
+    assert "corrupt.jpg" in caplog.text and "small" in caplog.text
+    deep = dict(loaded.train).get("deep")
+    deep = deep if deep is not None else next(x for n, x, _ in loaded.val if n == "deep")
+    assert deep.shape[0] == 3 and int(deep.float().mean().round()) == round(40000 / 65535 * 255)
+    with pytest.raises(DataError, match="no training image"):
+        load_restoration_data(str(data), task="sr", scale=2, channels=3, patch=64, val_data=str(data))
+
+
+def test_benchmark_folder_uses_given_lr(tmp_path) -> None:
+    from visattn.tasks.restoration import load_benchmark
+
+    root = tmp_path / "Set2"
+    (root / "HR").mkdir(parents=True)
+    (root / "LR_bicubic" / "X2").mkdir(parents=True)
+    Image.fromarray(np.full((35, 30, 3), 10, dtype=np.uint8)).save(root / "HR" / "a.png")   # 35 -> cropped to 34
+    Image.fromarray(np.full((17, 15, 3), 99, dtype=np.uint8)).save(root / "LR_bicubic" / "X2" / "ax2.png")
+    Image.fromarray(np.full((20, 20, 3), 10, dtype=np.uint8)).save(root / "HR" / "b.png")   # no LR: generated
+    items = {n: (hr, lr) for n, hr, lr in load_benchmark(root, 2, 3)}
+    assert items["a"][0].shape == (3, 34, 30) and int(items["a"][1][0, 0, 0]) == 99
+    assert items["b"][1] is None

@@ -13,9 +13,10 @@ Data sources (``--data``):
 Training samples are random crops of ``patch`` HR pixels (positions drawn once per run from the seed; every step
 flips / rotates them at random), degraded on the fly: bicubic downscaling with MATLAB's antialiased kernel
 (:func:`imresize`, what every SR benchmark uses to make its LR images) and 8-bit rounding for ``sr``, additive
-Gaussian noise of ``sigma / 255`` for ``denoise``. Loss: L1. Evaluation: PSNR and SSIM on the Y channel (BT.601) of
-8-bit outputs, after cropping ``scale`` border pixels (SR), on whole images through :func:`tiled_forward`; the
-bicubic (SR) or noisy-input (denoising) baseline is reported next to the model.
+Gaussian noise of ``sigma / 255`` for ``denoise``. Loss: L1. Evaluation: PSNR and SSIM of 8-bit outputs on whole
+images through :func:`tiled_forward` - for SR on the Y channel (BT.601) after cropping ``scale`` border pixels, for
+colour denoising on all channels (as the papers report them); the bicubic (SR) or noisy-input (denoising) baseline
+is reported next to the model.
 """
 
 from __future__ import annotations
@@ -612,14 +613,16 @@ class RestorationTask:
     def evaluate(self, model: nn.Module, *, batch_size: int = 1, device: torch.device | str = "cpu",
                  dist_info: DistInfo | None = None, autocast: Callable[[], Any] | None = None, workers: int = 0,
                  dataset: EvalImages | None = None) -> dict[str, Any]:
-        """L1, PSNR and SSIM (Y channel, 8-bit outputs, ``scale`` border crop) over whole images, and the same for
-        the bicubic / noisy-input baseline; each process takes every world_size-th image and the sums are reduced."""
+        """L1, PSNR and SSIM of 8-bit outputs over whole images (SR: Y channel, ``scale`` border pixels cropped;
+        denoising: all channels), and the same for the bicubic / noisy-input baseline; each process takes every
+        world_size-th image and the sums are reduced."""
         ds = self.val_set if dataset is None else dataset
         dist_info = dist_info or DistInfo()
         was_training = model.training
         model.eval()
         sums = torch.zeros(6, dtype=torch.float64)                      # l1, psnr, ssim, base psnr, base ssim, n
         border = self.scale if self.name == "sr" else 0
+        y = self.name == "sr"                 # SR benchmarks report Y; colour denoising reports all channels
         for i in range(dist_info.rank, len(ds), dist_info.world_size):
             _, hr_u8, lr_u8 = ds[i]
             x = self.prepare_eval(hr_u8, lr_u8, i)[None]
@@ -633,9 +636,8 @@ class RestorationTask:
             out = out[..., :hr.shape[-2], :hr.shape[-1]]
             base = self.baseline(x, tuple(hr.shape[-2:]))
             q = quantize(out)
-            sums += torch.tensor([float(F.l1_loss(out, hr)), float(psnr(q, hr, border=border)[0]),
-                                  float(ssim(q, hr, border=border)[0]), float(psnr(base, hr, border=border)[0]),
-                                  float(ssim(base, hr, border=border)[0]), 1.0], dtype=torch.float64)
+            metrics = [f(a, hr, border=border, y_channel=y)[0] for a in (q, base) for f in (psnr, ssim)]
+            sums += torch.tensor([float(F.l1_loss(out, hr)), *map(float, metrics), 1.0], dtype=torch.float64)
         model.train(was_training)
         sums = all_reduce_sum(sums, dist_info)
         n = max(float(sums[5]), 1.0)
