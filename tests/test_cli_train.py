@@ -180,8 +180,10 @@ def _image_folder(root: Path, per_class: int = 6) -> Path:
 def test_train_image_folder_skips_bad_files(tmp_path: Path) -> None:
     data = _image_folder(tmp_path / "data")
     run = tmp_path / "run"
+    # also exercises bf16 autocast and gradient checkpointing in a real run
     proc = visattn("train", *TINY_MODEL, "--data", str(data), "--img-size", "32", "--epochs", "1",
-                   "--batch-size", "6", "--threads", "1", "--out", str(run), "--val-fraction", "0.34")
+                   "--batch-size", "6", "--threads", "1", "--out", str(run), "--val-fraction", "0.34",
+                   "--amp", "bf16", "--grad-checkpointing")
     assert "corrupt.jpg" in proc.stderr and "notes.txt" in proc.stderr
     assert "skipped 2 unreadable or non-image file(s)" in proc.stderr
     meta = json.loads((run / "model.json").read_text())

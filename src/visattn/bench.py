@@ -106,12 +106,21 @@ def model_summary(name: str, img_size: int | tuple[int, int] | None = 224, **ove
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         shape = example_input_shape(model, size)
         try:
-            out["gmacs"] = count_flops(lambda: model(torch.empty(shape, device="meta"))) / 2e9
+            out["gmacs"] = count_flops(functools.partial(_forward, model, torch.empty(shape, device="meta"))) / 2e9
         except (NotImplementedError, RuntimeError):  # an op without a meta kernel: count on a real forward
             model = create_model(name, **overrides).eval()
-            with torch.no_grad():
-                out["gmacs"] = count_flops(lambda: model(torch.zeros(shape))) / 2e9
+            try:
+                with torch.no_grad():
+                    out["gmacs"] = count_flops(functools.partial(_forward, model, torch.randn(shape))) / 2e9
+            except (ValueError, TypeError, RuntimeError) as err:
+                out["gmacs"], out["flops_error"] = None, str(err).splitlines()[0]
     return out
+
+
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
+    # Models that need more than the image (few-shot support sets) say how to make the rest from it.
+    extra = getattr(type(model), "test_forward_kwargs", None)
+    return model(x, **extra(x)) if extra is not None else model(x)
 
 
 def _sync(device: torch.device) -> None:
@@ -261,7 +270,7 @@ def _autocast_step(module: nn.Module, x: Tensor, mode: str, amp: contextlib.Abst
 def _step(module: nn.Module, x: Tensor, mode: str) -> None:
     if mode == "fwd":
         with torch.no_grad():
-            module(x)
+            _forward(module, x)
     else:
-        out = module(x)
+        out = _forward(module, x)
         out.float().sum().backward()

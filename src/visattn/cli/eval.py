@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = task.val_set if args.split == "val" else task.train_set
     result = task.evaluate(model, batch_size=args.batch_size, device=device, autocast=autocast, dataset=dataset)
+    split_name = "test" if args.split == "val" and data.source.get("builtin") else args.split
     weights, _ = resolve_model_file(args.checkpoint)
     out = Path(args.out) if args.out else weights.parent
     report = {"checkpoint": str(weights), "model": meta.get("model", args.model), "data": source,
@@ -82,6 +83,6 @@ def run(args: argparse.Namespace) -> int:
                          title=f"{report['model']} on {Path(source).name} ({args.split}): "
                                f"top-1 {result['val_top1']:.2f}%")
     print(f"top-1 {result['val_top1']:.2f}%  top-5 {result['val_top5']:.2f}%  loss {result['val_loss']:.4f}  "
-          f"({result['val_count']} images, {source} {args.split} split)")
+          f"({result['val_count']} images, {source} {split_name} split)")
     print(f"wrote {out / 'eval.json'}" + (f" and {png}" if png else ""))
     return 0

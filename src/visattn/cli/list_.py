@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    return "-".rjust(int(spec.split(".")[0])) if value is None else format(value, spec)
 
 
 def run(args: argparse.Namespace) -> int:
