@@ -65,6 +65,23 @@ def test_episodes_are_one_way_k_shot_from_two_volumes() -> None:
     torch.testing.assert_close(q, q2)
 
 
+def test_self_supervised_episodes_from_supervoxels() -> None:
+    from visattn.tasks.fewshot import sample_pseudo_episodes
+
+    vols = [_synthetic_volume(i) for i in range(2)]
+    with pytest.raises(DataError, match="supervoxel"):
+        sample_pseudo_episodes(vols, 2, 1, torch.Generator().manual_seed(0))
+    yy, xx = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
+    blocks = (yy // 10 * 4 + xx // 10 + 1).to(torch.int32)             # 16 square "supervoxels" per slice
+    for v in vols:
+        v.supervoxel = blocks.expand(v.image.shape[0], -1, -1).clone()
+    q, qm, s, sm = sample_pseudo_episodes(vols, 4, 2, torch.Generator().manual_seed(0))
+    assert q.shape == (4, 3, 40, 40) and s.shape == (4, 2, 3, 40, 40)
+    # Each class is one supervoxel: about 100 pixels, moved by the augmentation (query and shots independently).
+    assert ((sm.flatten(2).sum(-1) > 50) & (sm.flatten(2).sum(-1) < 160)).all()
+    assert not torch.equal(s[:, 0], s[:, 1])
+
+
 def test_iteration_losses_weighting() -> None:
     logits = torch.randn(2, 3, 8, 8)
     target = (torch.rand(2, 8, 8) > 0.7).float()

@@ -32,6 +32,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-steps", type=int, help="fewshot: linear warm-up steps (default 50)")
     g.add_argument("--bg-weight", type=float, help="fewshot: background weight of the loss (default 0.1)")
     g.add_argument("--backbone-weights", metavar="PTH", help="fewshot: torchvision ResNet checkpoint for the backbone")
+    g.add_argument("--self-supervised", action="store_true", default=None,
+                   help="fewshot: train on supervoxel_<id>.nii.gz pseudo-labels (SSL-ALPNet) instead of the classes")
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:

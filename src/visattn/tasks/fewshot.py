@@ -49,6 +49,7 @@ __all__ = [
     "load_mni152",
     "read_nifti",
     "sample_episodes",
+    "sample_pseudo_episodes",
     "iteration_losses",
     "dice_score",
     "evaluate_fewshot",
@@ -374,6 +375,37 @@ def sample_episodes(volumes: Sequence[Volume], class_ids: Sequence[int], n: int,
         qmasks.append(qv.label[z] == c)
         supports.append(sv.image[zs])
         smasks.append(sv.label[zs] == c)
+    return _finish_episodes(queries, qmasks, supports, smasks, g, augment)
+
+
+def sample_pseudo_episodes(volumes: Sequence[Volume], n: int, shots: int, g: torch.Generator, *,
+                           min_pixels: int = 10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Self-supervised episodes (SSL-ALPNet): a random supervoxel of a random slice is the class; query and the K
+    supports are independently augmented copies of that slice. Needs ``supervoxel_*.nii.gz`` volumes."""
+    pool = [v for v in volumes if v.supervoxel is not None]
+    if not pool:
+        raise DataError("self-supervised training needs supervoxel_<id>.nii.gz pseudo-labels beside the volumes")
+    queries, qmasks, supports, smasks = [], [], [], []
+    for _ in range(n):
+        for _attempt in range(100):
+            v = pool[int(torch.randint(len(pool), (1,), generator=g))]
+            z = int(torch.randint(v.supervoxel.shape[0], (1,), generator=g))
+            ids, counts = v.supervoxel[z].unique(return_counts=True)
+            ids = ids[(counts >= min_pixels) & (ids > 0)]
+            if len(ids):
+                break
+        else:
+            raise DataError(f"no supervoxel with >= {min_pixels} pixels in the training volumes")
+        mask = v.supervoxel[z] == ids[int(torch.randint(len(ids), (1,), generator=g))]
+        queries.append(v.image[z])
+        qmasks.append(mask)
+        supports.append(v.image[z][None].expand(shots, -1, -1))
+        smasks.append(mask[None].expand(shots, -1, -1))
+    return _finish_episodes(queries, qmasks, supports, smasks, g, True)
+
+
+def _finish_episodes(queries: list[Tensor], qmasks: list[Tensor], supports: list[Tensor], smasks: list[Tensor],
+                     g: torch.Generator, augment: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     q, qm = torch.stack(queries), torch.stack(qmasks)
     s, sm = torch.stack(supports), torch.stack(smasks)                 # (n, K, S, S)
     if augment:
@@ -492,6 +524,7 @@ class FewShotConfig:
     n_part: int = 3
     support_volume: int = 0
     eval_every: int = 0                   # 0: evaluate at the end only
+    self_supervised: bool = False         # train on supervoxel pseudo-labels (SSL-ALPNet) instead of classes
     backbone_weights: str | None = None   # a torchvision ResNet checkpoint for the MIFE backbone
     pretrained: str | None = None         # a visattn checkpoint of the whole model
     seed: int = 0
@@ -584,7 +617,10 @@ def train_fewshot(cfg: FewShotConfig, *, data: FewShotData | None = None) -> dic
     result: dict[str, Any] = {}
     for step in range(cfg.steps):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        q, qm, s, sm = sample_episodes(data.train, train_ids, cfg.batch_size, cfg.shots, g)
+        if cfg.self_supervised:
+            q, qm, s, sm = sample_pseudo_episodes(data.train, cfg.batch_size, cfg.shots, g)
+        else:
+            q, qm, s, sm = sample_episodes(data.train, train_ids, cfg.batch_size, cfg.shots, g)
         lr = lr_at(step, total=cfg.steps, warmup=cfg.warmup_steps, base=cfg.lr, minimum=cfg.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
