@@ -8,7 +8,7 @@ Both models use the same small ResNet (``--set``-style overrides below), the sam
 schedule, and the same SSL-ALPNet evaluation (3 chunks, support volume 0, query volumes 5-7). The baseline is
 ``prototype_only=True``: masked average pooling of the support features + cosine similarity with a regressed
 threshold, no MIFE fusion and no attention. Prints both held-out Dice numbers and writes
-``benchmarks/results/catnet_fewshot.csv``.
+``benchmarks/results/catnet_fewshot.csv`` (appended, one pair of rows per run).
 """
 
 from __future__ import annotations
@@ -49,9 +49,11 @@ def main() -> None:
     print(f"  CAT-Net / baseline: {rows[0]['mean_dice'] / max(rows[1]['mean_dice'], 1e-9):.2f}x")
     out = Path(__file__).resolve().parent / "results" / "catnet_fewshot.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    new = not out.exists()
+    with open(out, "a", newline="") as f:                             # one pair of rows per run (seed)
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
+        if new:
+            writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {out}")
 

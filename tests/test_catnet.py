@@ -38,7 +38,7 @@ def test_masked_keys_carry_no_information(fused: bool) -> None:
 
 def test_soft_mask_weights_keys_by_their_mask_value() -> None:
     # weight_j proportional to mask_j * exp(q.k_j): a key with mask 0.5 counts like half a key.
-    module, x, context, _ = _attn_inputs()
+    module, _, _, _ = _attn_inputs()
     attn = module.cross_attn
     tokens = torch.randn(1, 3, 32)
     ctx = torch.randn(1, 4, 32)

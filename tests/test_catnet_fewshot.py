@@ -75,7 +75,7 @@ def test_self_supervised_episodes_from_supervoxels() -> None:
     blocks = (yy // 10 * 4 + xx // 10 + 1).to(torch.int32)             # 16 square "supervoxels" per slice
     for v in vols:
         v.supervoxel = blocks.expand(v.image.shape[0], -1, -1).clone()
-    q, qm, s, sm = sample_pseudo_episodes(vols, 4, 2, torch.Generator().manual_seed(0))
+    q, _, s, sm = sample_pseudo_episodes(vols, 4, 2, torch.Generator().manual_seed(0))
     assert q.shape == (4, 3, 40, 40) and s.shape == (4, 2, 3, 40, 40)
     # Each class is one supervoxel: about 100 pixels, moved by the augmentation (query and shots independently).
     assert ((sm.flatten(2).sum(-1) > 50) & (sm.flatten(2).sum(-1) < 160)).all()

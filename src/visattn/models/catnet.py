@@ -106,7 +106,7 @@ def prior_mask(query: Tensor, support: Tensor, mask: Tensor, shots: int) -> Tens
 
     Shape: query (B, Nq, C), support (B*K, Ns, C), mask (B*K, Ns) -> (B, Nq) in [0, 1].
     """
-    B, Nq, C = query.shape
+    B, _, C = query.shape
     q = F.normalize(query, dim=-1)
     s = F.normalize(support * (mask[..., None] > 0), dim=-1)           # background pixels -> zero vectors
     s = s.view(B, shots, -1, C)                                        # (B, K, Ns, C)
@@ -152,7 +152,7 @@ class CMAT(nn.Module):
 
     def forward(self, fq: Tensor, fs: Tensor, ms: Tensor, prev_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Shape: fq (B, Nq, C), fs (B*K, Ns, C), ms (B*K, Ns), prev_logits (B, Nq) -> fq, fs, logits (B, Nq)."""
-        B, Nq, C = fq.shape
+        B, _, C = fq.shape
         K = fs.shape[0] // B
         prob = prev_logits.detach().sigmoid()                          # Mask2Former: no gradient through the mask
         mq = (prob > 0.5).to(fq.dtype) if self.query_mask == "hard" else prob
@@ -178,7 +178,9 @@ class CATNet(nn.Module):
     task = "fewshot"
     config_class = CATNetConfig
     min_input_size = 32
-    # Tiny ResNet and transformer: every code path (dilation, K-shot MIFE, both cross directions, 2 iterations).
+    # Tiny ResNet and transformer: every code path (dilation, MIFE, both cross directions, 2 iterations). The soft
+    # query mask keeps Q->S attention alive at random init, where a hard mask may be empty and then (by design)
+    # passes no gradient; the hard path and K > 1 are tested in tests/test_catnet.py.
     test_overrides: dict[str, Any] = {"depths": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "stem_width": 8, "dim": 32,
                                       "num_heads": 4, "num_iters": 2, "mlp_ratio": 2.0, "query_mask": "soft"}
     test_mismatch_overrides: dict[str, Any] = {"dim": 48}
@@ -272,7 +274,7 @@ class CATNet(nn.Module):
     def _features(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Mid-level (reduced) and high-level maps at layer2's resolution. Shape: (N, C, H, W) -> (N, dim, h, w),
         (N, C4, h, w)."""
-        f1, f2, f3, f4 = self.backbone.forward_intermediates(images)
+        _, f2, f3, f4 = self.backbone.forward_intermediates(images)
         size = f2.shape[-2:]
         if f3.shape[-2:] != size:
             f3 = F.interpolate(f3, size=size, mode="bilinear", align_corners=False)
