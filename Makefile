@@ -7,7 +7,7 @@ PIP_EXTRA ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo train-demo test bench clean
+.PHONY: demo photo-demo test clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,14 +16,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet $(PIP_EXTRA) -e ".[data,cli,test]"
 	touch $(STAMP)
 
+# The main job: train a small MaxViT on the built-in digits, evaluate it, benchmark its attention against global
+# attention and draw its partitions and attention maps, all into a new $(DEMO_OUT) (a few minutes on 2 CPU cores;
+# see docs/cli.md). Each run gets its own folder, so an earlier run is never overwritten.
+DEMO_STAMP := $(shell date +%Y%m%d-%H%M%S)
+DEMO_OUT ?= runs/demo-$(DEMO_STAMP)
 demo: $(STAMP)
-	$(PY) -m visattn.demo
-
-# Train a small MaxViT on the built-in digits, evaluate it, benchmark its attention against global attention and
-# draw its partitions and attention maps, all into $(DEMO_OUT) (a few minutes on 2 CPU cores; see docs/cli.md).
-DEMO_OUT ?= runs/demo
-train-demo: $(STAMP)
-	rm -rf $(DEMO_OUT)
+	@echo "main job output folder: $(DEMO_OUT)"
 	$(VENV)/bin/visattn train --model maxvit_tiny --set stem_width=16 --set dims=32,64,128 --set depths=1,2,1 \
 		--set head_dim=16 --set partition_size=4 --data digits --epochs 15 --batch-size 64 --lr 2e-3 \
 		--bn-momentum 0.1 --out $(DEMO_OUT)
@@ -33,6 +32,10 @@ train-demo: $(STAMP)
 	$(VENV)/bin/visattn show partition --size 8 --partition-size 4 --query 1,2 --out $(DEMO_OUT)/partition.png
 	$(VENV)/bin/visattn show attention --checkpoint $(DEMO_OUT) --image digits:0 --query 0.3,0.6 \
 		--out $(DEMO_OUT)/attention.png
+
+# A 10-second look at a full-size MaxViT-T on a scikit-image photo of odd size (random weights).
+photo-demo: $(STAMP)
+	$(PY) -m visattn.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2
