@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..layers.attend import attend, key_padding_bias
 from ..layers.checks import check_image
+from ..layers.fused import linear
 from ..layers.partition import (
     grid_partition,
     grid_reverse,
@@ -76,7 +77,7 @@ class PartitionAttention(nn.Module):
         p0, p1 = self.partition_size
         N = p0 * p1
         windows = self._split(x).reshape(-1, N, C)                      # (B*nWin, N, C)
-        qkv = self.qkv(windows).reshape(-1, N, 3, self.num_heads, self.head_dim)
+        qkv = linear(windows, self.qkv).reshape(-1, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                  # 3 x (B*nWin, heads, N, hd)
         bias = self.rel_pos()                                          # (heads, N, N)
         if pad[0] or pad[1]:
@@ -86,7 +87,7 @@ class PartitionAttention(nn.Module):
             bias = (bias[None] + key_bias).expand(B, n_win, -1, -1, -1).reshape(B * n_win, self.num_heads, N, N)
         out = attend(q, k, v, bias=bias)                               # (B*nWin, heads, N, hd)
         out = out.transpose(1, 2).reshape(-1, p0, p1, C)               # (B*nWin, p0, p1, C)
-        out = self.proj_drop(self.proj(out))
+        out = self.proj_drop(linear(out, self.proj))
         out = self._merge(out, (Hp, Wp))                               # (B, Hp, Wp, C)
         if pad[0] or pad[1]:
             out = out[:, :H, :W].contiguous()

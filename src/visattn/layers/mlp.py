@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .fused import fast_inference, linear, linear_act, linear_add
+
 __all__ = ["Mlp"]
 
 
@@ -27,4 +29,12 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        if fast_inference(x, self):  # eval, no autograd: activation fused into fc1 (dropout is the identity)
+            return linear(linear_act(x, self.fc1, self.act), self.fc2)
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+    def forward_add(self, x: Tensor, residual: Tensor) -> Tensor:
+        """``residual + self(x)``; in inference the add happens in fc2's matmul epilogue."""
+        if fast_inference(x, self):
+            return linear_add(linear_act(x, self.fc1, self.act), self.fc2, residual)
+        return residual + self(x)

@@ -32,6 +32,7 @@ from ..attention.multi_axis import PartitionAttention
 from ..layers.checks import check_image
 from ..layers.conv import MBConv, SameConv2d
 from ..layers.drop import DropPath, drop_path_rates
+from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
 from ..layers.rel_pos import resize_rel_pos_table
 from ..registry import register_models
@@ -80,6 +81,9 @@ class MaxViTTransformerLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, H, W, C) -> (B, H, W, C)."""
+        if fast_inference(x, self):  # eval, no autograd: in-place residual, FFN residual fused into fc2
+            x = self.attn.forward_cl(self.norm1(x)).add_(x)
+            return self.mlp.forward_add(self.norm2(x), x)
         x = x + self.drop_path1(self.attn.forward_cl(self.norm1(x)))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
