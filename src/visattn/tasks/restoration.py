@@ -58,11 +58,14 @@ log = logging.getLogger("visattn")
 
 RESTORATION_TASKS = ("sr", "denoise")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-TRAIN_PHOTOS = ("astronaut", "coffee", "hubble_deep_field", "ihc", "motorcycle_left", "retina")
+# Photographs and textures for training (grayscale ones are replicated to RGB for RGB models), other scenes held out.
+TRAIN_PHOTOS = ("astronaut", "coffee", "motorcycle_left", "ihc", "retina", "hubble_deep_field", "brick", "grass",
+                "gravel", "moon", "coins")
 EVAL_PHOTOS = ("chelsea", "rocket", "camera")
-_PHOTO_FILES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "hubble_deep_field": "hubble_deep_field.jpg",
-                "ihc": "ihc.png", "motorcycle_left": "motorcycle_left.png", "retina": "retina.jpg",
-                "chelsea": "chelsea.png", "rocket": "rocket.jpg", "camera": "camera.png"}
+_PHOTO_FILES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "motorcycle_left": "motorcycle_left.png",
+                "ihc": "ihc.png", "retina": "retina.jpg", "hubble_deep_field": "hubble_deep_field.jpg",
+                "brick": "brick.png", "grass": "grass.png", "gravel": "gravel.png", "moon": "moon.png",
+                "coins": "coins.png", "chelsea": "chelsea.png", "rocket": "rocket.jpg", "camera": "camera.png"}
 # What `visattn train --task sr|denoise` uses for options the user leaves out.
 RESTORATION_DEFAULTS = {"model": "grl_tiny", "data": "photos", "batch_size": 8, "lr": 5e-4, "min_lr": 1e-5,
                         "weight_decay": 0.0, "warmup_epochs": 0.2, "epochs": 5, "clip_grad": 0.0}
@@ -439,14 +442,14 @@ def _mod_crop(x: Tensor, scale: int) -> Tensor:
 class PatchDataset(torch.utils.data.Dataset):
     """``count`` HR crops of ``patch`` pixels from in-memory images, positions drawn once from ``seed``.
 
-    Item: (uint8 (C, patch, patch), image index). Larger images get proportionally more crops.
+    Item: (uint8 (C, patch, patch), image index). Every image gets the same share of crops (weighting by area would
+    let one large, mostly flat image - retina, the Hubble field - dominate the photos).
     """
 
     def __init__(self, images: Sequence[Tensor], patch: int, count: int, seed: int):
         self.images, self.patch = list(images), patch
-        areas = torch.tensor([float(im.shape[-2] * im.shape[-1]) for im in self.images], dtype=torch.float64)
         g = torch.Generator().manual_seed(seed)
-        self.which = torch.multinomial(areas / areas.sum(), count, replacement=True, generator=g)
+        self.which = torch.randint(0, len(self.images), (count,), generator=g)
         u = torch.rand(count, 2, generator=g, dtype=torch.float64)
         sizes = torch.tensor([list(self.images[i].shape[-2:]) for i in self.which.tolist()], dtype=torch.float64)
         self.corners = (u * (sizes - patch + 1)).floor().long()            # (count, 2) top-left corners
