@@ -25,14 +25,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..attention.multi_axis import PartitionAttention
 from ..layers.checks import check_image
-from ..layers.conv import MBConv, SameConv2d
+from ..layers.conv import MBConv, SameConv2d, same_padding
 from ..layers.drop import DropPath, drop_path_rates
-from ..layers.fused import fast_inference
+from ..layers.fused import conv_act, fast_inference
 from ..layers.mlp import Mlp
 from ..layers.rel_pos import resize_rel_pos_table
 from ..registry import register_models
@@ -132,6 +133,20 @@ class MaxViTStem(nn.Module):
         self.conv2 = SameConv2d(w, w, 3, 1)  # no norm or activation after it (google-research/maxvit MaxViT.build)
 
     def forward(self, x: Tensor) -> Tensor:
+        if fast_inference(x, self):
+            # BatchNorm folded into conv1 and the GELU fused into it (oneDNN); only the 3-channel input is padded.
+            conv, bn = self.conv1, self.norm1
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            shift = bn.bias - bn.running_mean * scale
+            top, bottom = same_padding(x.shape[-2], conv.kernel_size[0], conv.stride[0])
+            left, right = same_padding(x.shape[-1], conv.kernel_size[1], conv.stride[1])
+            if top != bottom or left != right:
+                x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
+            weight = conv.weight * scale.view(-1, 1, 1, 1)
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            x = conv_act(x.contiguous(memory_format=torch.channels_last), conv, self.act1, weight=weight, bias=bias,
+                         padding=(top, left))
+            return self.conv2(x)
         return self.conv2(self.act1(self.norm1(self.conv1(x))))
 
 
