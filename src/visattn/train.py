@@ -474,10 +474,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
         (getattr(task, "plot_curves", None) or plot_curves)(metrics.rows, run / "curves.png",
                                                             title=f"{cfg.model} on {cfg.data}")
+        written = ["model.json", "metrics.jsonl", "curves.png"]
         if "confusion" in result:
             plot_confusion(result["confusion"].tolist(), task.classes, run / "confusion.png",
                            title=f"{cfg.model}: validation top-1 {eval_row.get('val_top1', 0):.2f}%")
-        print(f"saved {run / 'model.safetensors'} (+ model.json, metrics.jsonl, curves.png, confusion.png)")
+            written.append("confusion.png")
+        print(f"saved {run / 'model.safetensors'} (+ {', '.join(written)})")
     barrier(info)
     return eval_row
 
