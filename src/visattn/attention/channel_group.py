@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..layers.attend import attend, fused_enabled
 from ..layers.checks import check_image
+from ..layers.fused import linear
 from ..registry import register_attention
 
 __all__ = ["ChannelGroupAttention"]
@@ -60,7 +61,7 @@ class ChannelGroupAttention(nn.Module):
         """Attention over the channels of a token sequence. Shape: (B, N, C) -> (B, N, C), N = H*W."""
         B, N, C = x.shape
         G, Cg = self.num_groups, self.group_dim
-        qkv = self.qkv(x).reshape(B, N, 3, G, Cg).permute(2, 0, 3, 1, 4)      # (3, B, G, N, Cg)
+        qkv = linear(x, self.qkv).reshape(B, N, 3, G, Cg).permute(2, 0, 3, 1, 4)      # (3, B, G, N, Cg)
         v, q, k = qkv.unbind(0)  # reference storage order, see the module docstring; each (B, G, N, Cg)
         if fused_enabled():
             # Q^T K and V A^T are two small GEMMs straight on the strided views: no transposed copies, and no
@@ -72,7 +73,7 @@ class ChannelGroupAttention(nn.Module):
             out = attend(q.transpose(-2, -1), k.transpose(-2, -1), v.transpose(-2, -1), scale=self.scale,
                          fused=False).transpose(-2, -1)                         # (B, G, N, Cg)
         out = out.transpose(1, 2).reshape(B, N, C)                              # (B, N, C)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(linear(out, self.proj))
 
     def forward_cl(self, x: Tensor) -> Tensor:
         """Channels-last attention. Shape: (B, H, W, C) -> (B, H, W, C)."""

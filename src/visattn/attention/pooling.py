@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..layers.attend import attend
 from ..layers.checks import check_image
+from ..layers.fused import linear
 from ..registry import register_attention
 
 __all__ = ["PoolingAttention", "pooled_size", "rel_pos_index"]
@@ -289,7 +290,7 @@ class PoolingAttention(nn.Module):
             q, k, v = (proj(t.transpose(1, 2).reshape(B, t.shape[2], C)).reshape(B, -1, nh, self.head_dim)
                        .transpose(1, 2) for proj, t in ((self.q, q), (self.k, k), (self.v, v)))  # (B, heads, N', hd)
         else:
-            qkv = self.qkv(x).reshape(B, N, 3, nh, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, hd)
+            qkv = linear(x, self.qkv).reshape(B, N, 3, nh, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, hd)
             q, k, v = qkv.unbind(0)
             q, q_size = self._pool(q, self.pool_q, self.norm_q, size, prefix)
             k, k_size = self._pool(k, self.pool_k, self.norm_k, size, prefix)
@@ -302,7 +303,7 @@ class PoolingAttention(nn.Module):
             else:
                 out = out + q
         out = out.transpose(1, 2).reshape(B, -1, self.dim_out)        # (B, Nq, dim_out)
-        return self.proj_drop(self.proj(out)), q_size
+        return self.proj_drop(linear(out, self.proj)), q_size
 
     def forward(self, x: Tensor, *, cls_token: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Attention on a map, optionally with a class token.

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..layers.attend import attend, key_padding_bias
 from ..layers.checks import check_image
+from ..layers.fused import linear
 from ..layers.partition import pad_to_multiple, to_2tuple, valid_token_mask, window_partition
 from ..registry import register_attention
 
@@ -58,7 +59,7 @@ class SpatialWindowAttention(nn.Module):
         p0, p1 = self.window_size
         nH, nW, N = Hp // p0, Wp // p1, p0 * p1
         windows = window_partition(x, self.window_size).reshape(-1, N, C)     # (B*nWin, N, C)
-        qkv = self.qkv(windows).reshape(-1, N, 3, self.num_heads, self.head_dim)
+        qkv = linear(windows, self.qkv).reshape(-1, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                        # 3 x (B*nWin, heads, N, hd)
         bias = None
         if self.mask_padding and (pad[0] or pad[1]):
@@ -72,7 +73,7 @@ class SpatialWindowAttention(nn.Module):
         out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)           # (B, Hp, Wp, C)
         if pad[0] or pad[1]:
             out = out[:, :H, :W]                                              # the projection skips the padding
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(linear(out, self.proj))
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, C, H, W) -> (B, C, H, W), any H, W."""

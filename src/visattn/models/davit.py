@@ -38,6 +38,7 @@ from ..attention.channel_group import ChannelGroupAttention
 from ..attention.spatial_window import SpatialWindowAttention
 from ..layers.checks import check_image
 from ..layers.drop import DropPath, drop_path_rates
+from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
 from ..registry import register_models
 
@@ -72,6 +73,8 @@ class ConvPosEnc(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, H, W, C) -> (B, H, W, C)."""
         # The permuted view is NCHW in channels-last memory; the conv keeps that format, so no copy either way.
+        if fast_inference(x, self):
+            return self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).add_(x)  # in place: one fresh map fewer
         return x + self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
@@ -92,6 +95,9 @@ class DaViTBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, H, W, C) -> (B, H, W, C)."""
         x = self.cpe1(x)
+        if fast_inference(x, self):  # eval, no autograd: in-place residual, FFN residual fused into fc2
+            x = self.cpe2(self.attn.forward_cl(self.norm1(x)).add_(x))
+            return self.mlp.forward_add(self.norm2(x), x)
         x = x + self.drop_path1(self.attn.forward_cl(self.norm1(x)))
         x = self.cpe2(x)
         return x + self.drop_path2(self.mlp(self.norm2(x)))

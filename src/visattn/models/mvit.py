@@ -43,6 +43,7 @@ from torch.utils.checkpoint import checkpoint
 from ..attention.pooling import PoolingAttention
 from ..layers.checks import check_image
 from ..layers.drop import DropPath, drop_path_rates
+from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
 from ..registry import register_models
 
@@ -174,9 +175,12 @@ class MViTBlock(nn.Module):
         if self.shortcut_pool_attn is not None:
             shortcut = _pool_tokens(shortcut, self.shortcut_pool_attn, size, prefix)
         x, size = self.attn.forward_tokens(x_norm, size)
-        x = shortcut + self.drop_path1(x)
+        fast = fast_inference(x, self)  # eval, no autograd: in-place residual, FFN residual fused into fc2
+        x = x.add_(shortcut) if fast else shortcut + self.drop_path1(x)
         x_norm = self.norm2(x)
         shortcut = x if self.shortcut_proj_mlp is None else self.shortcut_proj_mlp(x_norm)
+        if fast:
+            return self.mlp.forward_add(x_norm, shortcut), size
         return shortcut + self.drop_path2(self.mlp(x_norm)), size
 
 

@@ -1,0 +1,194 @@
+"""visattn vs timm on every model they share: speed, fraction of the FLOP-bound limit, training step, memory, compile.
+
+Runs in the reference environment (timm importable; visattn imported from this checkout's src/):
+
+    REF/bin/python benchmarks/compare_timm.py                          # inference table, fp32, batch 8, 2 threads
+    REF/bin/python benchmarks/compare_timm.py --train --compile        # + training step (fp32, bf16) + compile
+    REF/bin/python benchmarks/compare_timm.py --threads 1 --batch 4    # steadier on a shared machine
+
+Everything is measured side by side in one process on the same weights (timm's random init loaded into visattn with
+``load_pretrained``; logits compared first):
+
+* inference: ``--rounds`` rounds, each timing ``--iters`` forward passes of timm then of visattn; the medians give
+  img/s under both the wall clock and the process CPU clock (the CPU clock is steadier when other processes share the
+  cores; at 1 thread it is the fairest number).
+* FLOP-bound limit: the fp32 GEMM rate of this machine at these threads (1024^3 matmuls timed inside the same
+  alternating rounds, so under the same load), divided by the model's FLOPs (``visattn.bench.count_flops``);
+  "of limit" is img/s over that bound.
+* training step (``--train``): forward + cross-entropy + backward + AdamW step, fp32 and bf16 autocast, median time
+  and peak memory of live tensors (``visattn.bench.peak_memory``; CPU has no allocator statistics).
+* compile (``--compile``): ``torch.compile`` of both models, inference img/s compiled and eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+import visattn
+from visattn.bench import count_flops, peak_memory
+
+PAIRS = {
+    "maxvit_tiny": "maxvit_tiny_tf_224",
+    "davit_tiny": "davit_tiny",
+    "mvitv2_tiny": "mvitv2_tiny",
+}
+
+
+def _clocks(fn: Callable[[], object], iters: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of ``iters`` calls."""
+    w, c = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def alternate(fns: dict[str, Callable[[], object]], rounds: int, iters: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, cpu) seconds per call of each function, timed in alternating rounds after one warm-up call."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            samples[key].append(_clocks(fn, iters))
+    return {k: (statistics.median(s[0] for s in v) / iters, statistics.median(s[1] for s in v) / iters)
+            for k, v in samples.items()}
+
+
+def build(ours_name: str, timm_name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    import timm
+
+    torch.manual_seed(0)
+    theirs = timm.create_model(timm_name, pretrained=False, num_classes=1000)
+    ours = visattn.create_model(ours_name)
+    visattn.load_pretrained(ours, theirs.state_dict())
+    return ours, theirs
+
+
+def inference(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict:
+    ours.eval()
+    theirs.eval()
+    with torch.inference_mode():
+        diff = (ours(x) - theirs(x)).abs().max().item()
+        # The GEMM that sets the FLOP-bound limit is timed inside the same rounds, under the same load.
+        a, b, c = torch.randn(1024, 1024), torch.randn(1024, 1024), torch.empty(1024, 1024)
+        t = alternate({"timm": lambda: theirs(x), "ours": lambda: ours(x),
+                       "gemm": lambda: [torch.mm(a, b, out=c) for _ in range(8)]}, args.rounds, args.iters)
+    out = {f"{k}_{c}": x.shape[0] / t[k][i] for k in ("timm", "ours") for i, c in enumerate(("wall", "cpu"))}
+    return {"diff": diff, "gemm_gflops": 8 * 2 * 1024**3 / t["gemm"][0] / 1e9, **out}
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               dtype: torch.dtype | None) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def training(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict:
+    y = torch.randint(0, 1000, (x.shape[0],))
+    out = {}
+    for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        fns = {}
+        for key, model in (("timm", theirs), ("ours", ours)):
+            model.train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+            fns[key] = lambda m=model, o=opt, d=dtype: train_step(m, o, x, y, d)
+        t = alternate(fns, args.train_rounds, 1)
+        mem = {k: peak_memory(fn, x.device) for k, fn in fns.items()}
+        out[label] = {"timm_s": t["timm"][0], "ours_s": t["ours"][0], "timm_cpu": t["timm"][1],
+                      "ours_cpu": t["ours"][1], "timm_mib": mem["timm"], "ours_mib": mem["ours"]}
+    return out
+
+
+def compiled(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict:
+    ours.eval()
+    theirs.eval()
+    fns = {"timm": theirs, "ours": ours,
+           "timm_c": torch.compile(theirs), "ours_c": torch.compile(ours, fullgraph=args.fullgraph)}
+    with torch.inference_mode():
+        for fn in fns.values():  # compile (and warm up) outside the timed rounds
+            fn(x)
+        diff = (fns["ours_c"](x) - fns["timm"](x)).abs().max().item()
+        t = alternate({k: (lambda f=f: f(x)) for k, f in fns.items()}, args.rounds, args.iters)
+    return {"diff": diff, **{k: x.shape[0] / v[0] for k, v in t.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(PAIRS), help=f"comma-separated subset of {list(PAIRS)}")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=2, help="forward passes per timed round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--train", action="store_true", help="also time a training step (fp32 and bf16 autocast)")
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--train-rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also compare torch.compile'd models")
+    parser.add_argument("--fullgraph", action="store_true", help="compile visattn with fullgraph=True")
+    args = parser.parse_args()
+    import timm
+
+    torch.set_num_threads(args.threads)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
+          f"torch {torch.__version__}, timm {timm.__version__}; GEMM rate: 1024^3 fp32 matmuls timed in the same rounds")
+    names = [n for n in args.models.split(",") if n]
+    models = {n: build(n, PAIRS[n]) for n in names}
+    x = torch.randn(args.batch, 3, args.size, args.size)
+
+    print(f"\nInference, fp32 eval, batch {args.batch} at {args.size}, {args.rounds} alternating rounds of "
+          f"{args.iters} passes (img/s; ratio = visattn / timm)")
+    print("| model | max abs diff | timm img/s | visattn img/s | ratio (wall) | ratio (CPU time) | FLOP-bound img/s "
+          "| visattn of limit | timm of limit | GEMM GFLOP/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, (ours, theirs) in models.items():
+        with torch.device("meta"):
+            meta_model = visattn.create_model(name)
+        flops = count_flops(lambda m=meta_model: m(torch.empty(1, 3, args.size, args.size, device="meta")))
+        r = inference(ours, theirs, x, args)
+        limit = r["gemm_gflops"] * 1e9 / flops
+        print(f"| {name} | {r['diff']:.1e} | {r['timm_wall']:.2f} | {r['ours_wall']:.2f} | "
+              f"{r['ours_wall'] / r['timm_wall']:.2f} | {r['ours_cpu'] / r['timm_cpu']:.2f} | {limit:.2f} | "
+              f"{r['ours_wall'] / limit:.0%} | {r['timm_wall'] / limit:.0%} | {r['gemm_gflops']:.0f} |", flush=True)
+
+    if args.train:
+        xt = x[: args.train_batch] if args.train_batch <= args.batch else torch.randn(args.train_batch, 3, args.size,
+                                                                                       args.size)
+        print(f"\nTraining step (forward + backward + AdamW), batch {xt.shape[0]} at {args.size}; time ratio = "
+              "timm s / visattn s (>1: visattn faster), memory ratio = visattn MiB / timm MiB (<1: visattn smaller)")
+        print("| model | dtype | timm s/step | visattn s/step | time ratio (wall) | time ratio (CPU) | timm peak MiB "
+              "| visattn peak MiB | memory ratio |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name, (ours, theirs) in models.items():
+            for label, r in training(ours, theirs, xt, args).items():
+                print(f"| {name} | {label} | {r['timm_s']:.2f} | {r['ours_s']:.2f} | {r['timm_s'] / r['ours_s']:.2f} |"
+                      f" {r['timm_cpu'] / r['ours_cpu']:.2f} | {r['timm_mib']:.0f} | {r['ours_mib']:.0f} | "
+                      f"{r['ours_mib'] / r['timm_mib']:.2f} |", flush=True)
+
+    if args.compile:
+        print(f"\ntorch.compile, fp32 eval, batch {args.batch} at {args.size} (img/s)")
+        print("| model | max abs diff (compiled) | timm eager | timm compiled | visattn eager | visattn compiled | "
+              "visattn compiled / eager | visattn / timm (compiled) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name, (ours, theirs) in models.items():
+            r = compiled(ours, theirs, x, args)
+            print(f"| {name} | {r['diff']:.1e} | {r['timm']:.2f} | {r['timm_c']:.2f} | {r['ours']:.2f} | "
+                  f"{r['ours_c']:.2f} | {r['ours_c'] / r['ours']:.2f} | {r['ours_c'] / r['timm_c']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
