@@ -19,8 +19,10 @@ from ..layers.attend import attend, key_padding_bias
 from ..layers.checks import check_image
 from ..layers.fused import linear
 from ..layers.partition import (
+    crop_padding,
     grid_partition,
     grid_reverse,
+    needs_padding,
     pad_to_multiple,
     to_2tuple,
     valid_token_mask,
@@ -80,17 +82,16 @@ class PartitionAttention(nn.Module):
         qkv = linear(windows, self.qkv).reshape(-1, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                  # 3 x (B*nWin, heads, N, hd)
         bias = self.rel_pos()                                          # (heads, N, N)
-        if pad[0] or pad[1]:
+        if needs_padding(pad):
             valid = self._split(valid_token_mask(H, W, pad, x.device)).reshape(-1, N)  # (nWin, N)
             key_bias = key_padding_bias(valid, bias.dtype)             # (nWin, 1, 1, N)
-            n_win = valid.shape[0]
-            bias = (bias[None] + key_bias).expand(B, n_win, -1, -1, -1).reshape(B * n_win, self.num_heads, N, N)
+            bias = (bias[None] + key_bias).repeat(B, 1, 1, 1)          # (B*nWin, heads, N, N)
         out = attend(q, k, v, bias=bias)                               # (B*nWin, heads, N, hd)
         out = out.transpose(1, 2).reshape(-1, p0, p1, C)               # (B*nWin, p0, p1, C)
         out = self.proj_drop(linear(out, self.proj))
         out = self._merge(out, (Hp, Wp))                               # (B, Hp, Wp, C)
-        if pad[0] or pad[1]:
-            out = out[:, :H, :W].contiguous()
+        if needs_padding(pad):
+            out = crop_padding(out, (H, W))
         return out
 
     def forward(self, x: Tensor) -> Tensor:

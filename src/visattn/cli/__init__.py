@@ -26,6 +26,7 @@ COMMANDS = {
     "bench": "bench",
     "show": "show",
     "restore": "restore",
+    "export": "export",
 }
 
 

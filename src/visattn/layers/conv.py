@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .drop import DropPath
 from .fused import conv_act, fast_inference, linear_act, linear_add
+from .partition import is_symbolic
 
 __all__ = ["same_padding", "Conv1x1", "SameConv2d", "SameAvgPool2d", "SqueezeExcite", "MBConv"]
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TensorFlow "SAME" padding (before, after) along one axis: output = ceil(size / stride), extra pad after."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    """TensorFlow "SAME" padding (before, after) along one axis: output = ceil(size / stride), extra pad after.
+
+    Integer arithmetic only, so a symbolic size (torch.export) gives a symbolic amount rather than a guard.
+    """
+    total = ((size + stride - 1) // stride - 1) * stride + (kernel - 1) * dilation + 1 - size
+    if not is_symbolic(total):
+        total = max(total, 0)
+    elif kernel < stride:  # with kernel >= stride the amount is never negative
+        total = torch.sym_max(total, 0)
     return total // 2, total - total // 2
 
 
@@ -67,7 +73,7 @@ class SameConv2d(nn.Conv2d):
         k = self.kernel_size[0]
         top, bottom = same_padding(x.shape[-2], k, s)
         left, right = same_padding(x.shape[-1], k, s)
-        if top == bottom and left == right:
+        if not is_symbolic(top, left) and top == bottom and left == right:
             return F.conv2d(x, weight, bias, s, (top, left), 1, self.groups)
         return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, s, 0, 1, self.groups)
 
@@ -81,6 +87,13 @@ class SameAvgPool2d(nn.Module):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[-2:]
+        if is_symbolic(H, W):
+            # Traced for any size (torch.export): ceil_mode's output-size rule would guard on the size. Repeating the
+            # last row / column up to an even size gives the same means (in a 2x2 window every copy sits next to its
+            # original, so the window mean is the mean of its real pixels) and the conv branch's symbolic size.
+            x = F.pad(x, (0, (W + 1) // 2 * 2 - W, 0, (H + 1) // 2 * 2 - H), mode="replicate")
+            return F.avg_pool2d(x, 2, 2)
         return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
 
 

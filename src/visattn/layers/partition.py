@@ -23,6 +23,9 @@ __all__ = [
     "grid_reverse",
     "pad_to_multiple",
     "valid_token_mask",
+    "is_symbolic",
+    "needs_padding",
+    "crop_padding",
 ]
 
 
@@ -30,7 +33,7 @@ def to_2tuple(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
     h, w = size
-    return int(h), int(w)
+    return (h, w) if is_symbolic(h, w) else (int(h), int(w))  # int() would freeze a traced size
 
 
 def _check_divisible(x: Tensor, size: tuple[int, int], what: str) -> None:
@@ -49,7 +52,7 @@ def window_partition(x: Tensor, window_size: int | tuple[int, int]) -> Tensor:
     _check_divisible(x, (p0, p1), "window_partition")
     B, H, W, C = x.shape
     x = x.view(B, H // p0, p0, W // p1, p1, C)                          # (B, nH, p0, nW, p1, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, p0, p1, C)          # (B*nH*nW, p0, p1, C)
+    return _reshape(x.permute(0, 1, 3, 2, 4, 5), (-1, p0, p1, C))       # (B*nH*nW, p0, p1, C)
 
 
 def window_reverse(windows: Tensor, window_size: int | tuple[int, int], img_size: tuple[int, int]) -> Tensor:
@@ -58,7 +61,7 @@ def window_reverse(windows: Tensor, window_size: int | tuple[int, int], img_size
     H, W = to_2tuple(img_size)
     C = windows.shape[-1]
     x = windows.view(-1, H // p0, W // p1, p0, p1, C)                   # (B, nH, nW, p0, p1, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)            # (B, H, W, C)
+    return _reshape(x.permute(0, 1, 3, 2, 4, 5), (-1, H, W, C))         # (B, H, W, C)
 
 
 def grid_partition(x: Tensor, grid_size: int | tuple[int, int]) -> Tensor:
@@ -67,7 +70,7 @@ def grid_partition(x: Tensor, grid_size: int | tuple[int, int]) -> Tensor:
     _check_divisible(x, (g0, g1), "grid_partition")
     B, H, W, C = x.shape
     x = x.view(B, g0, H // g0, g1, W // g1, C)                          # (B, g0, cH, g1, cW, C)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(-1, g0, g1, C)          # (B*cH*cW, g0, g1, C)
+    return _reshape(x.permute(0, 2, 4, 1, 3, 5), (-1, g0, g1, C))       # (B*cH*cW, g0, g1, C)
 
 
 def grid_reverse(windows: Tensor, grid_size: int | tuple[int, int], img_size: tuple[int, int]) -> Tensor:
@@ -76,7 +79,15 @@ def grid_reverse(windows: Tensor, grid_size: int | tuple[int, int], img_size: tu
     H, W = to_2tuple(img_size)
     C = windows.shape[-1]
     x = windows.view(-1, H // g0, W // g1, g0, g1, C)                   # (B, cH, cW, g0, g1, C)
-    return x.permute(0, 3, 1, 4, 2, 5).reshape(-1, H, W, C)            # (B, H, W, C)
+    return _reshape(x.permute(0, 3, 1, 4, 2, 5), (-1, H, W, C))         # (B, H, W, C)
+
+
+def _reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``x.reshape(shape)``; with symbolic sizes a contiguous copy first, so reshape need not ask whether a view
+    would do (a guard on the sizes, e.g. that a window count is not 1, which would freeze them)."""
+    if is_symbolic(*x.shape):
+        x = x.clone(memory_format=torch.contiguous_format)
+    return x.reshape(shape)
 
 
 def pad_to_multiple(x: Tensor, multiple: int | tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
@@ -86,14 +97,43 @@ def pad_to_multiple(x: Tensor, multiple: int | tuple[int, int]) -> tuple[Tensor,
     """
     m0, m1 = to_2tuple(multiple)
     H, W = x.shape[1:3]
-    pad_h, pad_w = (-H) % m0, (-W) % m1
-    if pad_h or pad_w:
+    # ceil(H / m) * m - H rather than (-H) % m: under torch.export the padded size is then a product n * m, so the
+    # partitions' divisibility checks hold symbolically instead of becoming guards that freeze the size.
+    pad_h, pad_w = (H + m0 - 1) // m0 * m0 - H, (W + m1 - 1) // m1 * m1 - W
+    if needs_padding((pad_h, pad_w)):
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     return x, (pad_h, pad_w)
 
 
+def crop_padding(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Undo :func:`pad_to_multiple`: (B, Hp, Wp, C) -> contiguous (B, H, W, C) with (H, W) = ``size``.
+
+    Traced with symbolic sizes it pads by the negative amounts instead of slicing: a slice's bounds clamp would guard
+    on H <= Hp, which the shape solver cannot prove for Hp = ceil(H / P) * P, and would freeze the size.
+    """
+    H, W = size
+    Hp, Wp = x.shape[1:3]
+    if is_symbolic(H, W, Hp, Wp):
+        return F.pad(x, (0, 0, 0, W - Wp, 0, H - Hp))
+    return x[:, :H, :W].contiguous()
+
+
+def is_symbolic(*sizes: object) -> bool:
+    """True if any size is a ``torch.SymInt``: a dynamic dimension while torch.export / ONNX export traces.
+
+    Size-dependent branches test this first so a traced graph takes the general path (pad, mask, crop, with amounts
+    that may be zero) for every size, while eager code keeps its shortcuts for sizes that divide.
+    """
+    return any(isinstance(s, torch.SymInt) for s in sizes)
+
+
+def needs_padding(pad: tuple[int, int]) -> bool:
+    """Whether the pad / mask / crop path must run: a nonzero amount, or a symbolic one (traced for any size)."""
+    return is_symbolic(*pad) or bool(pad[0]) or bool(pad[1])
+
+
 def valid_token_mask(height: int, width: int, pad: tuple[int, int], device: torch.device | None = None) -> Tensor:
     """(1, H + pad_h, W + pad_w, 1) bool map, True on real pixels and False on padding."""
-    mask = torch.zeros(1, height + pad[0], width + pad[1], 1, dtype=torch.bool, device=device)
-    mask[:, :height, :width] = True
-    return mask
+    rows = torch.arange(height + pad[0], device=device) < height   # comparisons, not slice writes: they trace
+    cols = torch.arange(width + pad[1], device=device) < width     # with symbolic sizes
+    return (rows[:, None] & cols[None, :])[None, :, :, None]       # (1, Hp, Wp, 1)

@@ -1,0 +1,85 @@
+"""``visattn export NAME``: a model as an ONNX file or a saved ``torch.export`` program.
+
+    visattn export maxvit_tiny --format onnx --out maxvit_tiny.onnx
+    visattn export maxvit_tiny --format torch-export --checkpoint runs/digits --out maxvit.pt2
+    visattn export davit_tiny --format onnx --no-dynamic-size --size 224 --out davit_224.onnx
+
+Batch, height and width are dynamic by default (``--no-dynamic-size`` fixes height and width to ``--size``). The
+exported graph is run once at the tracing size and compared with eager PyTorch before the command reports success.
+Models whose code would freeze a dynamic size are refused with the dimension and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="model -> ONNX (dynamic batch/H/W) or torch.export program",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="registered model name (see `visattn list`); with --checkpoint, its architecture")
+    p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx", help="output format (default onnx)")
+    p.add_argument("--out", "-o", required=True, help="output file (.onnx or .pt2)")
+    p.add_argument("--dynamic-size", action=argparse.BooleanOptionalAction, default=True,
+                   help="dynamic height and width (default); --no-dynamic-size fixes them to --size")
+    p.add_argument("--size", default=None, help="tracing size N or HxW (default: an odd size above the minimum)")
+    p.add_argument("--checkpoint", "-c", help="run folder, checkpoint folder or .safetensors file to load")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="weights and input dtype")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    import torch
+
+    from .. import export as ex
+    from ..checkpoint import load_model
+    from ..registry import create_model
+    from ._common import parse_overrides, parse_sizes
+
+    log = logging.getLogger("visattn")
+    overrides = parse_overrides(args.overrides)
+    if args.checkpoint:
+        model, _ = load_model(args.checkpoint, model_name=args.name, overrides=overrides)
+    else:
+        model = create_model(args.name, **overrides)
+    model.eval()
+    size = parse_sizes(args.size)[0] if args.size else None
+    example = ex.example_input(model, size=size, dtype=ex.DTYPES[args.dtype])
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        raise OSError(f"output folder {out.parent} does not exist")
+    kwargs = {"example": example, "dynamic_size": args.dynamic_size, "dtype": args.dtype}
+    if args.format == "onnx":
+        ex.to_onnx(model, out, opset=args.opset, **kwargs)
+        run_exported = _onnx_runner(out)
+    else:
+        ex.to_torch_export(model, out, **kwargs)
+        program = ex.load_torch_export(out)
+        run_exported = program.module()
+    with torch.no_grad():
+        reference = model.to(example.dtype)(example).float()
+        got = torch.as_tensor(run_exported(example)).float()
+    diff = (got - reference).abs().max().item()
+    dims = "batch, height, width" if args.dynamic_size else f"batch ({example.shape[-2]}x{example.shape[-1]} fixed)"
+    log.info(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.format}, {args.dtype}, dynamic: {dims}); "
+             f"max |exported - eager| at {example.shape[-2]}x{example.shape[-1]}: {diff:.2e}")
+    return 0
+
+
+def _onnx_runner(path):
+    """A callable running the ONNX file with onnxruntime (tensor in, array out), or a clear error without it."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise RuntimeError("checking the ONNX file needs onnxruntime: pip install onnxruntime") from err
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(x):
+        return session.run(None, {"x": x.cpu().numpy()})[0]
+
+    return run

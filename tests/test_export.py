@@ -1,0 +1,105 @@
+"""Deployment: ONNX (run by onnxruntime) and torch.export programs with dynamic batch, height and width.
+
+One reduced variant per family is exported once and run at three sizes, one of them at batch 1 and sizes that need
+padding, against eager PyTorch. Exports trace symbolically (tens of seconds on a loaded 2-core machine), hence the
+``slow`` marker on everything that exports a model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from visattn import create_model
+from visattn.export import example_input, export_program, load_torch_export, to_onnx, to_torch_export
+
+# name -> (overrides: smaller than test_overrides, still every padding / partition path), three (B, H, W) sizes:
+# the first divides every partition, the others need padding (odd sizes, one at the minimum size).
+CASES = {
+    "maxvit_tiny": ({"stem_width": 8, "dims": (16, 16), "depths": (1, 1), "head_dim": 8, "partition_size": 4,
+                     "num_classes": 5},
+                    [(2, 64, 64), (1, 97, 203), (3, 32, 45)]),
+}
+
+TOL = 1e-4
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, **CASES[name][0]).eval()
+
+
+def _inputs(model: nn.Module, name: str) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(b, model.config.in_chans, h, w, generator=gen) for b, h, w in CASES[name][1]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_onnx_dynamic_sizes_match_eager(name, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = _model(name)
+    path = to_onnx(model, tmp_path / f"{name}.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [d for d in session.get_inputs()[0].shape if isinstance(d, str)], "no dynamic input dimension"
+    with torch.no_grad():
+        for x in _inputs(model, name):
+            expected = model(x)
+            got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+            assert got.shape == expected.shape
+            assert (got - expected).abs().max().item() <= TOL, tuple(x.shape)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_export_round_trip(name, tmp_path):
+    model = _model(name)
+    to_torch_export(model, tmp_path / f"{name}.pt2")
+    program = load_torch_export(tmp_path / f"{name}.pt2").module()
+    with torch.no_grad():
+        for x in _inputs(model, name):
+            expected = model(x)
+            got = program(x)
+            assert got.shape == expected.shape
+            assert (got - expected).abs().max().item() <= TOL, tuple(x.shape)
+
+
+class _SizeBranch(nn.Module):
+    """Branches on the width in Python: a dynamic-width trace would be wrong at widths of the other parity."""
+
+    config = type("Config", (), {"in_chans": 3})()
+    min_input_size = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return x * 2 if x.shape[-1] % 2 else x
+
+
+def test_size_dependent_branch_is_refused_with_the_dimension():
+    with pytest.raises(ValueError, match="dynamic width"):
+        export_program(_SizeBranch())
+    model = _SizeBranch()
+    program = export_program(model, dynamic_size=False).module()   # one fixed size is fine
+    x = example_input(model)
+    with torch.no_grad():
+        assert torch.allclose(program(x), model(x))
+    with pytest.raises((RuntimeError, AssertionError)):             # and another size is rejected, not wrong
+        program(torch.randn(2, 3, x.shape[-2], x.shape[-1] + 1))
+
+
+def test_fewshot_models_are_refused_clearly():
+    with torch.device("meta"):
+        model = create_model("catnet_r50")
+    with pytest.raises(ValueError, match="support images"):
+        export_program(model)
+
+
+def test_bad_dtype_is_refused():
+    model = _SizeBranch()
+    with pytest.raises(ValueError, match="dtype"):
+        export_program(model, dtype="int8")
