@@ -18,7 +18,16 @@ from torch import Tensor, nn
 from ..layers.attend import attend, key_padding_bias
 from ..layers.checks import check_image
 from ..layers.fused import linear
-from ..layers.partition import pad_to_multiple, to_2tuple, valid_token_mask, window_partition
+from ..layers.partition import (
+    crop_padding,
+    is_symbolic,
+    needs_padding,
+    pad_to_multiple,
+    symbolic_reshape,
+    to_2tuple,
+    valid_token_mask,
+    window_partition,
+)
 from ..registry import register_attention
 
 __all__ = ["SpatialWindowAttention"]
@@ -62,17 +71,16 @@ class SpatialWindowAttention(nn.Module):
         qkv = linear(windows, self.qkv).reshape(-1, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                        # 3 x (B*nWin, heads, N, hd)
         bias = None
-        if self.mask_padding and (pad[0] or pad[1]):
+        if self.mask_padding and needs_padding(pad):
             valid = window_partition(valid_token_mask(H, W, pad, x.device), self.window_size).reshape(-1, N)
-            n_win = valid.shape[0]
             bias = key_padding_bias(valid, q.dtype)                           # (nWin, 1, 1, N)
-            bias = bias.expand(B, n_win, 1, 1, N).reshape(B * n_win, 1, 1, N)  # (B*nWin, 1, 1, N)
+            bias = bias.repeat(B, 1, 1, 1)                                    # (B*nWin, 1, 1, N)
         out = attend(q, k, v, bias=bias)                                      # (B*nWin, heads, N, hd)
         # Merging the heads and undoing the partition is one permute, so one copy instead of two.
         out = out.view(B, nH, nW, self.num_heads, p0, p1, self.head_dim)     # (B, nH, nW, heads, p0, p1, hd)
-        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)           # (B, Hp, Wp, C)
-        if pad[0] or pad[1]:
-            out = out[:, :H, :W]                                              # the projection skips the padding
+        out = symbolic_reshape(out.permute(0, 1, 4, 2, 5, 3, 6), (B, Hp, Wp, C))  # (B, Hp, Wp, C)
+        if needs_padding(pad):                                                # the projection skips the padding
+            out = crop_padding(out, (H, W)) if is_symbolic(H, W) else out[:, :H, :W]
         return self.proj_drop(linear(out, self.proj))
 
     def forward(self, x: Tensor) -> Tensor:

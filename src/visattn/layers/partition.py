@@ -26,6 +26,7 @@ __all__ = [
     "is_symbolic",
     "needs_padding",
     "crop_padding",
+    "symbolic_reshape",
 ]
 
 
@@ -52,7 +53,7 @@ def window_partition(x: Tensor, window_size: int | tuple[int, int]) -> Tensor:
     _check_divisible(x, (p0, p1), "window_partition")
     B, H, W, C = x.shape
     x = x.view(B, H // p0, p0, W // p1, p1, C)                          # (B, nH, p0, nW, p1, C)
-    return _reshape(x.permute(0, 1, 3, 2, 4, 5), (-1, p0, p1, C))       # (B*nH*nW, p0, p1, C)
+    return symbolic_reshape(x.permute(0, 1, 3, 2, 4, 5), (-1, p0, p1, C))       # (B*nH*nW, p0, p1, C)
 
 
 def window_reverse(windows: Tensor, window_size: int | tuple[int, int], img_size: tuple[int, int]) -> Tensor:
@@ -61,7 +62,7 @@ def window_reverse(windows: Tensor, window_size: int | tuple[int, int], img_size
     H, W = to_2tuple(img_size)
     C = windows.shape[-1]
     x = windows.view(-1, H // p0, W // p1, p0, p1, C)                   # (B, nH, nW, p0, p1, C)
-    return _reshape(x.permute(0, 1, 3, 2, 4, 5), (-1, H, W, C))         # (B, H, W, C)
+    return symbolic_reshape(x.permute(0, 1, 3, 2, 4, 5), (-1, H, W, C))         # (B, H, W, C)
 
 
 def grid_partition(x: Tensor, grid_size: int | tuple[int, int]) -> Tensor:
@@ -70,7 +71,7 @@ def grid_partition(x: Tensor, grid_size: int | tuple[int, int]) -> Tensor:
     _check_divisible(x, (g0, g1), "grid_partition")
     B, H, W, C = x.shape
     x = x.view(B, g0, H // g0, g1, W // g1, C)                          # (B, g0, cH, g1, cW, C)
-    return _reshape(x.permute(0, 2, 4, 1, 3, 5), (-1, g0, g1, C))       # (B*cH*cW, g0, g1, C)
+    return symbolic_reshape(x.permute(0, 2, 4, 1, 3, 5), (-1, g0, g1, C))       # (B*cH*cW, g0, g1, C)
 
 
 def grid_reverse(windows: Tensor, grid_size: int | tuple[int, int], img_size: tuple[int, int]) -> Tensor:
@@ -79,10 +80,10 @@ def grid_reverse(windows: Tensor, grid_size: int | tuple[int, int], img_size: tu
     H, W = to_2tuple(img_size)
     C = windows.shape[-1]
     x = windows.view(-1, H // g0, W // g1, g0, g1, C)                   # (B, cH, cW, g0, g1, C)
-    return _reshape(x.permute(0, 3, 1, 4, 2, 5), (-1, H, W, C))         # (B, H, W, C)
+    return symbolic_reshape(x.permute(0, 3, 1, 4, 2, 5), (-1, H, W, C))         # (B, H, W, C)
 
 
-def _reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+def symbolic_reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     """``x.reshape(shape)``; with symbolic sizes a contiguous copy first, so reshape need not ask whether a view
     would do (a guard on the sizes, e.g. that a window count is not 1, which would freeze them)."""
     if is_symbolic(*x.shape):

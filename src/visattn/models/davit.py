@@ -40,6 +40,7 @@ from ..layers.checks import check_image
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
+from ..layers.partition import needs_padding, pad_to_multiple
 from ..registry import register_models
 
 __all__ = ["DaViTConfig", "DaViT"]
@@ -114,8 +115,7 @@ def _dual_block(dim: int, heads: int, config: DaViTConfig, drop_paths: tuple[flo
 
 def _pad_bottom_right(x: Tensor, multiple: int) -> Tensor:
     """Zero-pad a (B, H, W, C) map so H and W divide by ``multiple`` (timm / official stem and downsample)."""
-    pad_h, pad_w = (-x.shape[1]) % multiple, (-x.shape[2]) % multiple
-    return F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+    return pad_to_multiple(x, multiple)[0]
 
 
 class DaViTStem(nn.Module):
@@ -128,8 +128,9 @@ class DaViTStem(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, C_in, H, W) -> (B, ceil(H / 4), ceil(W / 4), dim), channels-last."""
-        pad_h, pad_w = (-x.shape[2]) % 4, (-x.shape[3]) % 4
-        if pad_h or pad_w:
+        H, W = x.shape[-2:]
+        pad_h, pad_w = (H + 3) // 4 * 4 - H, (W + 3) // 4 * 4 - W   # ceil, not (-H) % 4: traces symbolically
+        if needs_padding((pad_h, pad_w)):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.norm(self.conv(x).permute(0, 2, 3, 1))             # (B, H/4, W/4, dim)
 
