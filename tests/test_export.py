@@ -20,6 +20,8 @@ CASES = {
     "maxvit_tiny": ({"stem_width": 8, "dims": (16, 16), "depths": (1, 1), "head_dim": 8, "partition_size": 4,
                      "num_classes": 5},
                     [(2, 64, 64), (1, 97, 203), (3, 32, 45)]),
+    "davit_tiny": ({"dims": (16, 32), "depths": (1, 1), "num_heads": (2, 2), "window_size": 4, "num_classes": 5},
+                   [(2, 64, 64), (1, 97, 203), (3, 32, 45)]),
 }
 
 TOL = 1e-4
@@ -103,3 +105,23 @@ def test_bad_dtype_is_refused():
     model = _SizeBranch()
     with pytest.raises(ValueError, match="dtype"):
         export_program(model, dtype="int8")
+
+
+@pytest.mark.slow
+def test_cli_export_torch_program(tmp_path, capsys):
+    from visattn.cli import main
+
+    out = tmp_path / "m.pt2"
+    sets = ["stem_width=8", "dims=16,16", "depths=1,1", "head_dim=8", "partition_size=4", "num_classes=5"]
+    argv = ["export", "maxvit_tiny", "--format", "torch-export", "--size", "40x45", "--out", str(out)]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    assert "max |exported - eager|" in capsys.readouterr().err
+    program = load_torch_export(out).module()
+    assert program(torch.randn(1, 3, 33, 70)).shape == (1, 5)
+
+
+def test_cli_export_refuses_a_missing_output_folder(tmp_path, capsys):
+    from visattn.cli import main
+
+    assert main(["export", "maxvit_tiny", "--out", str(tmp_path / "no" / "m.onnx")]) == 1
+    assert "does not exist" in capsys.readouterr().err

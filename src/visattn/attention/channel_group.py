@@ -24,11 +24,13 @@ Notes against the reference code (dingmyu/davit ``ChannelAttention``, reproduced
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..layers.attend import attend, fused_enabled
 from ..layers.checks import check_image
 from ..layers.fused import linear
+from ..layers.partition import is_symbolic, symbolic_reshape
 from ..registry import register_attention
 
 __all__ = ["ChannelGroupAttention"]
@@ -63,7 +65,14 @@ class ChannelGroupAttention(nn.Module):
         G, Cg = self.num_groups, self.group_dim
         qkv = linear(x, self.qkv).reshape(B, N, 3, G, Cg).permute(2, 0, 3, 1, 4)      # (3, B, G, N, Cg)
         v, q, k = qkv.unbind(0)  # reference storage order, see the module docstring; each (B, G, N, Cg)
-        if fused_enabled():
+        if is_symbolic(N):
+            # Traced for any size (torch.export): batched matmul reshapes its strided operands, which guards on
+            # N != 1 (one pixel left); bmm over explicit contiguous copies does not.
+            qt = symbolic_reshape(q.transpose(-2, -1), (B * G, Cg, N))                # (B*G, Cg, N)
+            attn = torch.bmm(qt, symbolic_reshape(k, (B * G, N, Cg))).mul(self.scale).softmax(dim=-1)
+            out = torch.bmm(symbolic_reshape(v, (B * G, N, Cg)), attn.transpose(-2, -1))  # (B*G, N, Cg)
+            out = out.view(B, G, N, Cg)
+        elif fused_enabled():
             # Q^T K and V A^T are two small GEMMs straight on the strided views: no transposed copies, and no
             # SDPA, which has no fused kernel for head_dim = H*W and falls back to a slower math path (measured).
             attn = (q.transpose(-2, -1) @ k).mul_(self.scale).softmax(dim=-1)  # (B, G, Cg, Cg)
@@ -72,7 +81,7 @@ class ChannelGroupAttention(nn.Module):
             # The paper's formula through the shared kernel: channel tokens (rows) with N features each.
             out = attend(q.transpose(-2, -1), k.transpose(-2, -1), v.transpose(-2, -1), scale=self.scale,
                          fused=False).transpose(-2, -1)                         # (B, G, N, Cg)
-        out = out.transpose(1, 2).reshape(B, N, C)                              # (B, N, C)
+        out = symbolic_reshape(out.transpose(1, 2), (B, N, C))                  # (B, N, C)
         return self.proj_drop(linear(out, self.proj))
 
     def forward_cl(self, x: Tensor) -> Tensor:
