@@ -68,8 +68,8 @@ def linear(x: Tensor, fc: nn.Linear) -> Tensor:
 def linear_act(x: Tensor, fc: nn.Module, act: nn.Module, *, weight: Tensor | None = None,
                bias: Tensor | None = None) -> Tensor:
     """``act(fc(x))`` over the last dimension, optionally with replacement (e.g. BatchNorm-folded) parameters."""
-    weight = fc.weight.flatten(1) if weight is None else weight
-    bias = fc.bias if bias is None and weight is fc.weight else bias
+    if weight is None:  # the layer's own parameters (a 1x1 conv's weight flattened: a new tensor, same bias)
+        weight, bias = fc.weight.flatten(1), fc.bias
     post = _onednn_act(act)
     if post is not None and fast_inference(x, fc):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post[0], [], post[1])
@@ -79,8 +79,8 @@ def linear_act(x: Tensor, fc: nn.Module, act: nn.Module, *, weight: Tensor | Non
 def linear_add(x: Tensor, fc: nn.Module, residual: Tensor, *, weight: Tensor | None = None,
                bias: Tensor | None = None) -> Tensor:
     """``residual + fc(x)`` (residual shaped like the output), with the add in the matmul epilogue in inference."""
-    weight = fc.weight.flatten(1) if weight is None else weight
-    bias = fc.bias if bias is None and weight is fc.weight else bias
+    if weight is None:  # the layer's own parameters (a 1x1 conv's weight flattened: a new tensor, same bias)
+        weight, bias = fc.weight.flatten(1), fc.bias
     if fast_inference(x, fc) and residual.shape[:-1] == x.shape[:-1] and residual.dtype == x.dtype:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
     return residual + F.linear(x, weight, bias)
