@@ -22,6 +22,10 @@ CASES = {
                     [(2, 64, 64), (1, 97, 203), (3, 32, 45)]),
     "davit_tiny": ({"dims": (16, 32), "depths": (1, 1), "num_heads": (2, 2), "window_size": 4, "num_classes": 5},
                    [(2, 64, 64), (1, 97, 203), (3, 32, 45)]),
+    "cloformer_xxs": ({"dims": (16, 24), "depths": (1, 1), "num_heads": (2, 3), "group_splits": ((1, 1), (1, 2)),
+                       "kernel_sizes": ((3,), (5,)), "window_sizes": (4, 2), "mlp_ratios": (2.0, 2.0),
+                       "mlp_kernel_sizes": (5, 3), "num_classes": 5},
+                      [(2, 64, 64), (1, 97, 203), (3, 32, 45)]),
 }
 
 TOL = 1e-4

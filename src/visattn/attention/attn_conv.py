@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..layers.attend import attend
 from ..layers.checks import check_image
+from ..layers.partition import is_symbolic
 from ..registry import register_attention
 
 __all__ = ["AttnMap", "AttnConv", "PooledGlobalAttention", "CloAttention"]
@@ -101,6 +102,13 @@ class PooledGlobalAttention(nn.Module):
         w = self.window_size
         if w == 1:
             return x
+        H, W = x.shape[-2:]
+        if is_symbolic(H, W):
+            # Traced for any size (torch.export): ceil_mode's output-size rule guards on the size. The same means as
+            # zero-padded sums over the real-pixel counts, with the padded size a product ceil(H / w) * w.
+            pad = (0, (W + w - 1) // w * w - W, 0, (H + w - 1) // w * w - H)
+            real = F.pad(x.new_ones(1, 1, H, W), pad)                    # (1, 1, Hp, Wp): 1 on real pixels
+            return F.avg_pool2d(F.pad(x, pad), w, w) / F.avg_pool2d(real, w, w)
         return F.avg_pool2d(x, w, w, ceil_mode=True, count_include_pad=False)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .partition import is_symbolic, symbolic_reshape
+
 __all__ = ["attend", "use_fused", "fused_enabled", "key_padding_bias"]
 
 _FUSED = True
@@ -76,7 +78,25 @@ def attend(
             bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if is_symbolic(*q.shape[:-1], *k.shape[:-1]):
+        return _attend_traced(q, k, v, bias, scale)
     logits = (q * scale) @ k.transpose(-2, -1)                         # (B, heads, Nq, Nk)
     if bias is not None:
         logits = logits + bias
     return logits.softmax(dim=-1) @ v
+
+
+def _attend_traced(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+    """The reference formula as ``bmm`` over flattened copies, for torch.export / ONNX with symbolic sizes: batched
+    matmul's folding reshapes guard on the batch sizes (e.g. that one is not 1), which would freeze them."""
+    *batch, Nq, d = q.shape
+    Nk, dv = k.shape[-2], v.shape[-1]
+    n = 1
+    for size in batch:
+        n = n * size
+    q = symbolic_reshape(q * scale, (n, Nq, d))                           # (B*heads, Nq, d)
+    logits = torch.bmm(q, symbolic_reshape(k.transpose(-2, -1), (n, d, Nk))).view(*batch, Nq, Nk)
+    if bias is not None:
+        logits = logits + bias
+    attn = symbolic_reshape(logits.softmax(dim=-1), (n, Nq, Nk))         # (B*heads, Nq, Nk)
+    return torch.bmm(attn, symbolic_reshape(v, (n, Nk, dv))).view(*batch, Nq, dv)
