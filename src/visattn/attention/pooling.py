@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ..layers.attend import attend
 from ..layers.checks import check_image
 from ..layers.fused import linear
+from ..layers.partition import is_symbolic
 from ..registry import register_attention
 
 __all__ = ["PoolingAttention", "pooled_size", "rel_pos_index"]
@@ -63,6 +64,11 @@ def rel_pos_index(q: int, k: int, device: torch.device | None = None) -> Tensor:
     """
     i = torch.arange(q, device=device)
     j = torch.arange(k, device=device)
+    if is_symbolic(q, k):
+        # Traced for any size (torch.export): both cases as one integer formula, floor(max(q, k) * (i k + (k - 1 - j)
+        # q) / (q k)), instead of a branch on q >= k that the shape solver cannot decide.
+        num = (i[:, None] * k + (k - 1 - j)[None, :] * q) * torch.sym_max(q, k)
+        return num.div(q * k, rounding_mode="floor")
     if q >= k:
         return i[:, None] + ((k - 1 - j) * q).div(k, rounding_mode="floor")[None, :]
     return (i * k).div(q, rounding_mode="floor")[:, None] + (k - 1 - j)[None, :]
@@ -70,7 +76,7 @@ def rel_pos_index(q: int, k: int, device: torch.device | None = None) -> Tensor:
 
 def _resize_table(table: Tensor, length: int) -> Tensor:
     """(L, C) -> (length, C) by linear interpolation (align_corners=False, as torchvision's video MViT)."""
-    if table.shape[0] == length:
+    if not is_symbolic(length) and table.shape[0] == length:  # traced: always (linear resizing L -> L is exact)
         return table
     resized = F.interpolate(table.t()[None].float(), size=length, mode="linear", align_corners=False)
     return resized[0].t().to(table.dtype)
@@ -249,7 +255,8 @@ class PoolingAttention(nn.Module):
         terms = []
         for axis, name in enumerate(self.rel_pos_names):
             qa, ka = q_size[axis], k_size[axis]
-            table = _resize_table(getattr(self, name), 2 * max(qa, ka) - 1)
+            longest = torch.sym_max(qa, ka) if is_symbolic(qa, ka) else max(qa, ka)
+            table = _resize_table(getattr(self, name), 2 * longest - 1)
             rel = table[rel_pos_index(qa, ka, table.device)]           # (qa, ka, c)
             a = letters[axis]
             terms.append(torch.einsum(f"bn{letters}c,{a}kc->bn{letters}k", r_q, rel))  # (B, heads, *q_size, ka)
@@ -272,7 +279,7 @@ class PoolingAttention(nn.Module):
         Shape:
             returns ((B, prefix + N', dim_out), size') with size' = ``query_size(size)``.
         """
-        size = tuple(int(s) for s in size)
+        size = tuple(s if is_symbolic(s) else int(s) for s in size)  # int() would freeze a traced size
         B, N, C = x.shape
         prefix = N - math.prod(size)
         if prefix not in (0, 1) or len(size) != self.spatial_dims:
