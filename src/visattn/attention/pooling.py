@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..layers.attend import attend
 from ..layers.checks import check_image
 from ..layers.fused import linear
-from ..layers.partition import is_symbolic
+from ..layers.partition import is_symbolic, symbolic_reshape
 from ..registry import register_attention
 
 __all__ = ["PoolingAttention", "pooled_size", "rel_pos_index"]
@@ -72,6 +72,15 @@ def rel_pos_index(q: int, k: int, device: torch.device | None = None) -> Tensor:
     if q >= k:
         return i[:, None] + ((k - 1 - j) * q).div(k, rounding_mode="floor")[None, :]
     return (i * k).div(q, rounding_mode="floor")[:, None] + (k - 1 - j)[None, :]
+
+
+def _axis_term_traced(r_q: Tensor, rel: Tensor, axis: int) -> Tensor:
+    """``einsum("bn...c,akc->bn...k")`` along one query axis as a broadcast product and sum: einsum's batch folding
+    and permuted views guard on sizes (that one is not 1) under torch.export. (B, heads, *q_size, c), (qa, ka, c)
+    -> (B, heads, *q_size, ka)."""
+    n = r_q.ndim - 3
+    shape = [rel.shape[0] if i == axis else 1 for i in range(n)]
+    return (r_q[..., None, :] * rel.view(*shape, rel.shape[1], rel.shape[2])).sum(-1)
 
 
 def _resize_table(table: Tensor, length: int) -> Tensor:
@@ -250,7 +259,7 @@ class PoolingAttention(nn.Module):
         """
         B, nh, _, c = q.shape
         n = self.spatial_dims
-        r_q = q[:, :, prefix:].reshape(B, nh, *q_size, c)              # (B, heads, *q_size, c)
+        r_q = symbolic_reshape(q[:, :, prefix:], (B, nh, *q_size, c))  # (B, heads, *q_size, c)
         letters = _AXES[-n:]
         terms = []
         for axis, name in enumerate(self.rel_pos_names):
@@ -259,10 +268,17 @@ class PoolingAttention(nn.Module):
             table = _resize_table(getattr(self, name), 2 * longest - 1)
             rel = table[rel_pos_index(qa, ka, table.device)]           # (qa, ka, c)
             a = letters[axis]
-            terms.append(torch.einsum(f"bn{letters}c,{a}kc->bn{letters}k", r_q, rel))  # (B, heads, *q_size, ka)
+            if is_symbolic(B, *q_size):
+                terms.append(_axis_term_traced(r_q, rel, axis))
+            else:
+                terms.append(torch.einsum(f"bn{letters}c,{a}kc->bn{letters}k", r_q, rel))  # (B, heads, *q_size, ka)
         terms = torch.cat(terms, dim=-1).reshape(B, nh, math.prod(q_size), sum(k_size))  # (B, heads, Nq, sum k)
         grids = torch.meshgrid(*[torch.arange(k, device=q.device) for k in k_size], indexing="ij")
-        onehot = torch.cat([F.one_hot(g.flatten(), k) for g, k in zip(grids, k_size)], dim=1)  # (Nk, sum k)
+        if is_symbolic(*k_size):  # one_hot needs a concrete class count; the same 0/1 matrix by comparison
+            onehot = torch.cat([g.flatten()[:, None] == torch.arange(k, device=q.device)[None, :]
+                                for g, k in zip(grids, k_size)], dim=1)
+        else:
+            onehot = torch.cat([F.one_hot(g.flatten(), k) for g, k in zip(grids, k_size)], dim=1)  # (Nk, sum k)
         bias = terms @ onehot.to(terms.dtype).t()                      # (B, heads, Nq, Nk)
         if prefix:
             bias = F.pad(bias, (prefix, 0, prefix, 0))                 # no position term for the class token
