@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {"example": example, "dynamic_size": args.dynamic_size, "dtype": args.dtype}
     if args.format == "onnx":
         ex.to_onnx(model, out, opset=args.opset, **kwargs)
+        if args.dtype == "bf16":  # measured: onnxruntime 1.31's CPU provider rejects bf16 Conv; nothing to check with
+            log.warning(f"wrote {out} (bf16 ONNX, not checked: onnxruntime's CPU provider has no bf16 kernels)")
+            return 0
         run_exported = _onnx_runner(out)
     else:
         ex.to_torch_export(model, out, **kwargs)
