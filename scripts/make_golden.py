@@ -48,6 +48,9 @@ def _randomize_norm_stats(model: torch.nn.Module, generator: torch.Generator) ->
     for name, p in model.named_parameters():
         if name.endswith("relative_position_bias_table"):
             p.data.normal_(0, 0.5, generator=generator)
+        elif name.endswith(".bias"):
+            # timm initialises conv and linear biases to zero, which would hide a dropped bias
+            p.data.normal_(0, 0.1, generator=generator)
 
 
 def maxvit_cases() -> None:

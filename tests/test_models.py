@@ -35,9 +35,19 @@ FAMILIES = _families()
 CLASSIFIERS = [n for n in FAMILIES if getattr(get_model_class(n), "task", "classification") == "classification"]
 
 
-def _small(name: str, **extra) -> torch.nn.Module:
+def _small(name: str, *, random_bias: bool = False, **extra) -> torch.nn.Module:
     cls = get_model_class(name)
-    return visattn.create_model(name, **{**cls.test_overrides, **extra})
+    model = visattn.create_model(name, **{**cls.test_overrides, **extra})
+    if not random_bias:
+        return model
+    # Most inits zero the biases; random ones make a dropped or misplaced bias visible (fused vs reference). Not used
+    # for the gradient test: a one-unit ReLU bottleneck (GRL's channel attention) can be dead with a random bias.
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
 
 
 def _run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +117,7 @@ def test_batch_independence(name: str) -> None:
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_fused_and_reference_attention_agree(name: str) -> None:
-    model = _small(name).eval()
+    model = _small(name, random_bias=True).eval()
     x = _input(model)
     with torch.no_grad():
         with use_fused(True):
