@@ -147,7 +147,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA if present, else CPU) or an explicit device; a clear error if CUDA is asked for but absent."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -248,7 +249,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         the final metrics (also written to ``summary.json``).
     """
     # --- processes, devices, determinism ----------------------------------------------------------------------
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     info = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))

@@ -67,10 +67,6 @@ def apply_runtime(args: argparse.Namespace) -> Any:
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    name = getattr(args, "device", None) or "auto"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return device
+    from ..train import resolve_device
+
+    return resolve_device(getattr(args, "device", None) or "auto")

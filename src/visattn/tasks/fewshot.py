@@ -535,15 +535,6 @@ class FewShotConfig:
     threads: int | None = None
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return device
-
-
 def build_fewshot_model(cfg: FewShotConfig) -> nn.Module:
     from ..checkpoint import load_model
     from ..registry import create_model, get_model_class
@@ -572,7 +563,9 @@ def train_fewshot(cfg: FewShotConfig, *, data: FewShotData | None = None) -> dic
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
+    from ..train import resolve_device  # lazily, like train.py imports the tasks, so neither import pulls the other
+
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = data or load_fewshot_data(cfg.data, img_size=cfg.img_size, train_classes=cfg.train_classes,
                                      test_classes=cfg.test_classes, fold=cfg.fold)
