@@ -26,6 +26,10 @@ CASES = {
                        "kernel_sizes": ((3,), (5,)), "window_sizes": (4, 2), "mlp_ratios": (2.0, 2.0),
                        "mlp_kernel_sizes": (5, 3), "num_classes": 5},
                       [(2, 64, 64), (1, 97, 203), (3, 32, 45)]),
+    # 32 x 32: the last stage's map is 1 x 1 (a size the trace once guarded against)
+    "mvitv2_tiny": ({"dims": (16, 32, 48, 64), "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4), "img_size": (64, 64),
+                     "num_classes": 5},
+                    [(2, 64, 64), (1, 97, 203), (3, 32, 32)]),
 }
 
 TOL = 1e-4

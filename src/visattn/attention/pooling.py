@@ -243,7 +243,10 @@ class PoolingAttention(nn.Module):
         t = t.reshape(B * nh, *size, c).movedim(-1, 1)                 # (B*heads, c, *size)
         t = pool(t)                                                    # (B*heads, c, *size')
         size = tuple(t.shape[2:])
-        t = t.flatten(2).transpose(1, 2).reshape(B, nh, -1, c)        # (B, heads, N', c)
+        if is_symbolic(*size):  # traced: flatten / reshape of the pooled map asked whether it is one token (a guard)
+            t = symbolic_reshape(symbolic_reshape(t, (B * nh, c, -1)).transpose(1, 2), (B, nh, -1, c))
+        else:
+            t = t.flatten(2).transpose(1, 2).reshape(B, nh, -1, c)    # (B, heads, N', c)
         if prefix:
             t = torch.cat((cls, t), dim=2)                             # (B, heads, prefix + N', c)
         if norm is not None:
@@ -325,7 +328,7 @@ class PoolingAttention(nn.Module):
                 out = torch.cat((out[:, :, :prefix], out[:, :, prefix:] + q[:, :, prefix:]), dim=2)
             else:
                 out = out + q
-        out = out.transpose(1, 2).reshape(B, -1, self.dim_out)        # (B, Nq, dim_out)
+        out = symbolic_reshape(out.transpose(1, 2), (B, -1, self.dim_out))  # (B, Nq, dim_out); traced: no Nq == 1 guard
         return self.proj_drop(linear(out, self.proj)), q_size
 
     def forward(self, x: Tensor, *, cls_token: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:

@@ -45,6 +45,7 @@ from ..layers.checks import check_image
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
+from ..layers.partition import is_symbolic
 from ..registry import register_models
 
 __all__ = ["MViTConfig", "MViT", "MViTVideo"]
@@ -125,7 +126,12 @@ def _pool_tokens(x: Tensor, pool: nn.Module, size: tuple[int, ...], prefix: int)
     """Pool the map tokens of (B, prefix + N, C) with a (B, C, *size) pooling; class tokens pass through."""
     cls, x = x[:, :prefix], x[:, prefix:]
     B, _, C = x.shape
-    x = pool(x.reshape(B, *size, C).movedim(-1, 1))                   # (B, C, *size')
+    x = x.reshape(B, *size, C).movedim(-1, 1)                          # (B, C, *size), channels-last strides
+    if is_symbolic(*x.shape):
+        # traced: an NCHW copy; max pooling's meta function picks the output layout from channels-last input by
+        # asking whether the output map is one pixel wide, a guard that froze the last stage's width to != 1
+        x = x.clone(memory_format=torch.contiguous_format)
+    x = pool(x)                                                        # (B, C, *size')
     x = x.flatten(2).transpose(1, 2)                                   # (B, N', C)
     return torch.cat((cls, x), dim=1) if prefix else x
 
