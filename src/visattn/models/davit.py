@@ -26,7 +26,7 @@ Deviations:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..attention.channel_group import ChannelGroupAttention
 from ..attention.spatial_window import SpatialWindowAttention
-from ..layers.checks import check_image
+from ..layers.backbone import ClassifierBackbone
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
@@ -184,7 +184,7 @@ class DaViTHead(nn.Module):
         return x if pre_logits else self.fc(self.drop(x))
 
 
-class DaViT(nn.Module):
+class DaViT(ClassifierBackbone):
     """DaViT image classifier and backbone.
 
     Args:
@@ -218,17 +218,6 @@ class DaViT(nn.Module):
         self.num_features = config.dims[-1]
         self.apply(_init_weights)
 
-    def _check_input(self, x: Tensor) -> None:
-        check_image(x, self.config.in_chans, who=type(self).__name__, min_size=self.min_input_size)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.config = replace(self.config, num_classes=num_classes)
-
     def forward_features(self, x: Tensor) -> Tensor:
         """Shape: (B, in_chans, H, W) -> (B, dims[-1], ceil(H / 32), ceil(W / 32))."""
         self._check_input(x)
@@ -243,14 +232,6 @@ class DaViT(nn.Module):
             x = stage(x)
             features.append(x.permute(0, 3, 1, 2))                     # (B, C, h, w)
         return features
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Shape: (B, C, h, w) -> (B, num_classes), or (B, num_features) with ``pre_logits``."""
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Shape: (B, in_chans, H, W) -> (B, num_classes); any H, W >= 32."""
-        return self.forward_head(self.forward_features(x))
 
     @staticmethod
     def remap_state_dict(state_dict: dict[str, Tensor], model: "DaViT") -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..attention.multi_axis import PartitionAttention
-from ..layers.checks import check_image
+from ..layers.backbone import ClassifierBackbone
 from ..layers.conv import MBConv, SameConv2d, same_padding
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import conv_act, fast_inference
@@ -171,7 +171,7 @@ class MaxViTHead(nn.Module):
         return x if pre_logits else self.fc(self.drop(x))
 
 
-class MaxViT(nn.Module):
+class MaxViT(ClassifierBackbone):
     """MaxViT image classifier and backbone.
 
     Args:
@@ -203,22 +203,11 @@ class MaxViT(nn.Module):
         self.num_features = self.head.num_features
         self.apply(_init_weights)
 
-    def _check_input(self, x: Tensor) -> None:
-        check_image(x, self.config.in_chans, who=type(self).__name__, min_size=self.min_input_size)
-
     @staticmethod
     def _to_channels_last(x: Tensor) -> Tensor:
         # NHWC memory: oneDNN convolutions run faster on it, and every (B, C, H, W) <-> (B, H, W, C) permute
         # between the MBConv and the attention layers becomes a free view instead of a copy.
         return x.contiguous(memory_format=torch.channels_last)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.config = replace(self.config, num_classes=num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Shape: (B, in_chans, H, W) -> (B, dims[-1], ceil(H / 32), ceil(W / 32))."""
@@ -234,14 +223,6 @@ class MaxViT(nn.Module):
             x = stage(x)
             features.append(x)
         return features
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Shape: (B, C, h, w) -> (B, num_classes), or (B, num_features) with ``pre_logits``."""
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Shape: (B, in_chans, H, W) -> (B, num_classes); any H, W >= 32."""
-        return self.forward_head(self.forward_features(x))
 
     @staticmethod
     def remap_state_dict(state_dict: dict[str, Tensor], model: "MaxViT") -> dict[str, Tensor]:

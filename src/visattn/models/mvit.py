@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..attention.pooling import PoolingAttention
-from ..layers.checks import check_image
+from ..layers.backbone import ClassifierBackbone
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
@@ -213,7 +213,7 @@ class MViTStage(nn.Module):
         return x, size
 
 
-class MViT(nn.Module):
+class MViT(ClassifierBackbone):
     """MViTv2 image classifier and backbone (and, through :class:`MViTVideo`, the video models).
 
     Args:
@@ -276,14 +276,6 @@ class MViT(nn.Module):
     def _make_head(self, num_classes: int) -> nn.Sequential:
         fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         return nn.Sequential(OrderedDict(drop=nn.Dropout(self.config.drop_rate), fc=fc))
-
-    def _check_input(self, x: Tensor) -> None:
-        check_image(x, self.config.in_chans, who=type(self).__name__, min_size=self.min_input_size,
-                    ndim=2 + self.spatial_dims)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
 
     def reset_classifier(self, num_classes: int) -> None:
         self.head = self._make_head(num_classes)
