@@ -16,7 +16,7 @@ from visattn.layers.attend import use_fused
 from visattn.models.davit import DaViT
 
 from .conftest import GOLDEN, golden_overrides, load_golden
-from .test_golden import _model_cases as golden_model_cases
+from .test_golden import golden_model_cases
 
 
 # Parity with these is checked by tests/test_golden.py. davit_224 and davit_pad_200x232: timm weights and logits (the

@@ -18,7 +18,7 @@ import visattn
 from .conftest import GOLDEN, golden_overrides, load_golden
 
 
-def _model_cases() -> list[str]:
+def golden_model_cases() -> list[str]:
     cases = []
     for path in sorted(GOLDEN.glob("*.safetensors")):
         with safe_open(str(path), "pt") as f:
@@ -28,7 +28,7 @@ def _model_cases() -> list[str]:
     return cases
 
 
-@pytest.mark.parametrize("case", _model_cases())
+@pytest.mark.parametrize("case", golden_model_cases())
 def test_reference_output_parity(case: str) -> None:
     meta, state, x, expected = load_golden(case)
     model = visattn.create_model(meta["visattn_model"], **golden_overrides(meta)).eval()

@@ -11,7 +11,7 @@ import visattn
 from visattn.models.grl import GRL, remap_state_dict
 
 from .conftest import GOLDEN
-from .test_golden import _model_cases as golden_model_cases
+from .test_golden import golden_model_cases
 
 GOLDEN_CASES = ["grl_sr2_cab", "grl_sr3_direct_groups", "grl_denoise_gray"]
 MANIFESTS = ["grl_tiny", "grl_small_x2", "grl_base", "grl_base_denoise"]

@@ -15,7 +15,7 @@ from visattn.attention.pooling import PoolingAttention, pooled_size, rel_pos_ind
 from visattn.models.mvit import MViT, MViTVideo
 
 from .conftest import GOLDEN
-from .test_golden import _model_cases as golden_model_cases
+from .test_golden import golden_model_cases
 
 GOLDEN_CASES = [
     "mvit_timm_224",  # mvitv2_tiny layout at 224
