@@ -381,8 +381,8 @@ def mvit_cases() -> None:
 
 
 def seeded_resnet_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Deterministic random weights for a torchvision ResNet key/shape manifest (tests/test_catnet.py has the same
-    function): the golden file stores key names, input and outputs, not 25M weights. Keys are visited sorted, so
+    """Deterministic random weights for a torchvision ResNet key/shape manifest (tests/test_catnet.py loads this
+    function from here): the golden file stores key names, input and outputs, not 25M weights. Keys are visited sorted, so
     the tensors depend only on the names and shapes, never on module construction order."""
     g = torch.Generator().manual_seed(seed)
     state = {}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -86,24 +89,17 @@ def test_cross_masked_bad_masks() -> None:
 
 # --- the ResNet inside MIFE: torchvision keys and outputs --------------------------------------------------------
 
-def seeded_resnet_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """The same function as scripts/make_golden.py's: deterministic weights from key names and shapes."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key in sorted(shapes):
-        shape = shapes[key]
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.long)
-        elif key.endswith("running_var"):
-            state[key] = torch.empty(shape).uniform_(0.5, 2.0, generator=g)
-        elif len(shape) == 1 and key.endswith("weight"):
-            state[key] = torch.empty(shape).normal_(0.6, 0.1, generator=g)
-        elif len(shape) == 1:
-            state[key] = torch.empty(shape).normal_(0.0, 0.2, generator=g)
-        else:
-            fan_in = int(torch.tensor(shape[1:]).prod())
-            state[key] = torch.randn(shape, generator=g) * fan_in ** -0.5
-    return state
+def _load_make_golden():
+    # The golden file stores key names, input and outputs, not 25M weights; the script that wrote it makes the
+    # weights from the names and shapes, and the test rebuilds them with the very same function.
+    path = Path(__file__).resolve().parent.parent / "scripts" / "make_golden.py"
+    spec = importlib.util.spec_from_file_location("visattn_make_golden", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+seeded_resnet_state = _load_make_golden().seeded_resnet_state
 
 
 def _manifest(name: str) -> dict[str, list[int]]:
