@@ -210,3 +210,5 @@ def test_create_model_errors_are_helpful() -> None:
     first_field = dataclasses.fields(config)[0].name
     with pytest.raises(ValueError, match=first_field):
         visattn.create_model(name, not_a_field=1)
+    with pytest.raises(ValueError, match="checkpoint=PATH"):  # timm's pretrained=True
+        visattn.create_model(name, pretrained=True)

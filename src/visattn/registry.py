@@ -109,6 +109,10 @@ def create_model(name: str, *, checkpoint: Any = None, **overrides: Any) -> nn.M
         **overrides: config fields to change, e.g. ``num_classes=10``; an unknown field raises a ``ValueError``
             listing the valid ones.
     """
+    if "pretrained" in overrides:
+        # timm's spelling; visattn never downloads, so say what to do instead of listing config fields.
+        raise ValueError("visattn does not download weights: pass checkpoint=PATH (a timm, official or visattn "
+                         "checkpoint file) instead of pretrained=...")
     config = get_model_config(name, **overrides)
     model = _MODELS[name][0](config)
     model.variant_name = name
