@@ -145,6 +145,7 @@ def _check_mask(mask: object, batch: int, size: tuple[int, int]) -> Tensor:
         raise ValueError(f"context_mask must be (B, 1, H, W) or (B, H, W) = ({batch}, {size[0]}, {size[1]}) to match "
                          f"the context map, got shape {tuple(mask.shape)}")
     mask = mask.float() if mask.dtype == torch.bool or not mask.is_floating_point() else mask
-    if bool(((mask < 0) | (mask > 1)).any()):
+    # A value check reads tensor data (a data-dependent branch that breaks a torch.compile fullgraph): eager only.
+    if not torch.compiler.is_compiling() and bool(((mask < 0) | (mask > 1)).any()):
         raise ValueError("context_mask values must lie in [0, 1] (0 = background, 1 = foreground)")
     return mask.flatten(1)                                              # (B, Hc*Wc)

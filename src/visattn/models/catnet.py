@@ -254,6 +254,10 @@ class CATNet(nn.Module):
             raise ValueError(f"support_mask shape {tuple(support_mask.shape)} does not match the support images "
                              f"{tuple(support.shape)}: expected ({B}, {K}, {support.shape[-2]}, {support.shape[-1]})")
         mask = support_mask.to(x.dtype)
+        if torch.compiler.is_compiling():
+            # The value checks below read tensor data (a host sync, and a data-dependent branch that breaks a
+            # torch.compile fullgraph); compiled code trusts its inputs, eager validates them.
+            return support, mask
         if bool(((mask < 0) | (mask > 1)).any()):
             raise ValueError("support_mask values must lie in [0, 1] (0 background, 1 foreground)")
         empty = (mask.flatten(2).amax(dim=-1) == 0).nonzero()
