@@ -19,6 +19,10 @@ Deviations:
 - Swish is ``nn.SiLU`` (the official ``MemoryEfficientSwish`` from efficientnet_pytorch computes the same function).
 - ``forward_features`` returns the last stage's map; the final GroupNorm belongs to ``forward_head`` (the official
   ``forward_feature`` also pools), so dense tasks get un-normalised stage outputs like other visattn backbones.
+- Opt-in, off by default: ``max_kv_grids`` caps each stage's global key / value grid (adaptive pooling once window
+  pooling would exceed it), so the cost grows linearly with the pixels instead of quadratically. Not in the paper or
+  the official code; with ``(7, 7, 7, 7)`` (the grid a 224 input gives at the default windows) outputs at inputs up
+  to 224 x 224 are the official ones, larger inputs get fewer, wider-pooled keys than the official model would.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ class CloFormerConfig:
 
     ``group_splits[i]`` gives the heads of each local AttnConv group and, last, of the global group;
     ``kernel_sizes[i]`` the depthwise kernel of each local group; ``window_sizes[i]`` the global pooling window.
+    ``max_kv_grids[i]`` (opt-in, default None = official) caps each side of stage i's global key grid: a side that
+    ``window_sizes[i]`` pooling would make longer is pooled adaptively to that many keys, which makes the cost
+    linear in the pixels. The grid of a 224 x 224 input at stage i is ``ceil(224 / 2^(i+2) / window_sizes[i])``,
+    ``(7, 7, 7, 7)`` at the default windows, which keeps every input up to 224 x 224 exactly official.
     """
 
     in_chans: int = 3
@@ -57,6 +65,7 @@ class CloFormerConfig:
     window_sizes: tuple[int, ...] = (8, 4, 2, 1)
     mlp_kernel_sizes: tuple[int, ...] = (5, 5, 5, 5)
     mlp_ratios: tuple[float, ...] = (4.0, 4.0, 4.0, 4.0)
+    max_kv_grids: tuple[int, ...] | None = None  # deviation (opt-in): linear-cost cap on the global key grid
     qkv_bias: bool = True
     attn_drop: float = 0.0
     drop_rate: float = 0.0  # official ``mlp_drop``: dropout in the ConvFFN and after the attention projection
@@ -137,7 +146,8 @@ class CloBlock(nn.Module):
         self.norm1 = _group_norm(dim)
         self.attn = CloAttention(dim, num_heads=config.num_heads[stage], group_split=config.group_splits[stage],
                                  kernel_sizes=config.kernel_sizes[stage], window_size=config.window_sizes[stage],
-                                 qkv_bias=config.qkv_bias, attn_drop=config.attn_drop, proj_drop=config.drop_rate)
+                                 qkv_bias=config.qkv_bias, attn_drop=config.attn_drop, proj_drop=config.drop_rate,
+                                 max_kv_grid=None if config.max_kv_grids is None else config.max_kv_grids[stage])
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = _group_norm(dim)
         k = config.mlp_kernel_sizes[stage]
@@ -207,9 +217,12 @@ class CloFormer(ClassifierBackbone):
     min_input_size = 32  # the total stride; smaller inputs would reach the last stages as 1x1 maps
     # A reduced config with every code path of the family (two local groups with different kernels, a stage without
     # global heads, pooled and unpooled global branches, depth-1 and depth-2 stages), used by the generic tests.
+    # ``max_kv_grids`` at the generic tests' 35 x 59 input: stage 0's 3 x 4 key grid is capped to 2 x 2 (adaptive
+    # bins), stage 1's 3 x 4 stays under its cap (plain ceil pooling), stage 3's 2 x 2 unpooled keys too.
     test_overrides = dict(dims=(16, 24, 32, 32), depths=(1, 2, 1, 1), num_heads=(2, 3, 4, 2),
                           group_splits=((1, 1), (1, 1, 1), (4, 0), (1, 1)), kernel_sizes=((3,), (3, 5), (3,), (3,)),
-                          window_sizes=(4, 2, 2, 1), mlp_ratios=(2.0, 2.0, 2.0, 2.0), num_classes=7)
+                          window_sizes=(4, 2, 2, 1), max_kv_grids=(2, 4, 2, 2), mlp_ratios=(2.0, 2.0, 2.0, 2.0),
+                          num_classes=7)
 
     def __init__(self, config: CloFormerConfig):
         super().__init__()
@@ -217,6 +230,8 @@ class CloFormer(ClassifierBackbone):
         per_stage = {name: getattr(config, name) for name in
                      ("dims", "num_heads", "group_splits", "kernel_sizes", "window_sizes", "mlp_kernel_sizes",
                       "mlp_ratios")}
+        if config.max_kv_grids is not None:
+            per_stage["max_kv_grids"] = config.max_kv_grids
         bad = {name: len(v) for name, v in per_stage.items() if len(v) != n}
         if bad:
             raise ValueError(f"per-stage config fields need {n} entries (len(depths)), got lengths {bad}")
