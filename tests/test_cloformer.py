@@ -6,12 +6,14 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import visattn
-from visattn.attention.attn_conv import AttnConv, CloAttention, PooledGlobalAttention
+from visattn.attention.attn_conv import AttnConv, CloAttention, PooledGlobalAttention, capped_pool_matrix
+from visattn.bench import count_flops
 from visattn.layers.attend import use_fused
 from visattn.models.cloformer import REFERENCE_PARAMS, official_to_visattn_key
-from visattn.registry import get_model_class
+from visattn.registry import config_from_dict, config_to_dict, get_model_class
 
 from .conftest import GOLDEN, load_golden
 
@@ -110,11 +112,13 @@ def test_local_branch_reach_is_its_kernel() -> None:
     assert torch.equal(changed, expected)
 
 
+@pytest.mark.parametrize("max_kv_grid", [None, 2])  # official, and capped below the 4 x 5 / 4 x 6 window grid
 @pytest.mark.parametrize("size", [(16, 24), (13, 18)])  # divisible by the window, and not (ceil pooling)
-def test_global_branch_reaches_every_pixel(size: tuple[int, int]) -> None:
+def test_global_branch_reaches_every_pixel(size: tuple[int, int], max_kv_grid: int | None) -> None:
     H, W = size
-    branch = PooledGlobalAttention(8, num_heads=2, head_dim=4, window_size=4).eval()
-    attn = CloAttention(8, num_heads=2, group_split=(1, 1), kernel_sizes=(3,), window_size=4).eval()
+    branch = PooledGlobalAttention(8, num_heads=2, head_dim=4, window_size=4, max_kv_grid=max_kv_grid).eval()
+    attn = CloAttention(8, num_heads=2, group_split=(1, 1), kernel_sizes=(3,), window_size=4,
+                        max_kv_grid=max_kv_grid).eval()
     x = torch.randn(1, 8, H, W)
     x2 = x.clone()
     x2[0, :, H - 1, W - 1] += 1.0  # bottom-right corner: inside a partial pooling window when H, W do not divide
@@ -140,3 +144,104 @@ def test_attention_argument_errors() -> None:
         CloAttention(16, num_heads=4, group_split=(1, 1, 2), kernel_sizes=(3,))
     with pytest.raises(ValueError, match="odd"):
         CloAttention(16, num_heads=4, group_split=(2, 2), kernel_sizes=(4,))
+
+
+# --- opt-in linear cost: max_kv_grids ---------------------------------------------------------------------------
+
+# Four stages at the official windows (8, 4, 2, 1), small widths: every stage's key grid is 7 x 7 at 224 x 224.
+_FOUR_STAGES = dict(dims=(16, 16, 24, 24), depths=(1, 1, 1, 1), num_heads=(2, 2, 3, 3),
+                    group_splits=((1, 1), (1, 1), (1, 2), (1, 2)), kernel_sizes=((3,), (3,), (5,), (5,)),
+                    mlp_ratios=(2.0, 2.0, 2.0, 2.0), num_classes=5)
+_GRID_224 = (7, 7, 7, 7)
+
+
+@pytest.mark.parametrize("size, window, grid", [(56, 8, 7), (13, 4, 7), (30, 2, 7),   # under the cap: windows
+                                                (64, 8, 7), (100, 8, 7), (9, 1, 7), (13, 4, 3)])  # over: adaptive
+def test_capped_pool_matrix_is_ceil_pooling_then_adaptive(size: int, window: int, grid: int) -> None:
+    x = torch.randn(2, 3, 5, size, dtype=torch.float64)
+    pooled = x @ capped_pool_matrix(size, window, grid, dtype=x.dtype, device=x.device).T
+    if -(-size // window) <= grid:
+        expected = F.avg_pool2d(x, (1, window), (1, window), ceil_mode=True, count_include_pad=False)
+    else:
+        expected = F.adaptive_avg_pool2d(x, (5, grid))
+    assert pooled.shape == expected.shape
+    torch.testing.assert_close(pooled, expected, atol=1e-12, rtol=0)
+
+
+def test_max_kv_grid_caps_the_keys_of_the_attention_module() -> None:
+    kwargs = CloAttention.example_kwargs()                             # window 4
+    capped = visattn.create_attention("attn_conv", **kwargs, max_kv_grid=3).eval()
+    official = visattn.create_attention("attn_conv", **kwargs).eval()
+    official.load_state_dict(capped.state_dict())                      # the cap adds no parameter
+    assert capped.global_branch.max_kv_grid == 3
+    small, large = torch.randn(2, kwargs["dim"], 12, 9), torch.randn(1, kwargs["dim"], 41, 26)
+    assert capped.global_branch.pool(small).shape[-2:] == (3, 3)        # 3 x 3 windows: under the cap
+    assert capped.global_branch.pool(large).shape[-2:] == (3, 3)        # 11 x 7 windows: capped
+    with torch.no_grad():
+        assert torch.equal(capped(small), official(small))
+        assert capped(large).shape == large.shape
+        assert not torch.allclose(capped(large), official(large), atol=1e-4)
+    with pytest.raises(ValueError, match="max_kv_grid"):
+        PooledGlobalAttention(8, num_heads=2, head_dim=4, window_size=4, max_kv_grid=0)
+
+
+def _four_stage_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    official = visattn.create_model("cloformer_xxs", **_FOUR_STAGES).eval()
+    capped = visattn.create_model("cloformer_xxs", **_FOUR_STAGES, max_kv_grids=_GRID_224).eval()
+    assert visattn.load_pretrained(capped, official.state_dict()) == ([], [])
+    return official, capped
+
+
+def test_max_kv_grids_keep_outputs_up_to_224_and_change_them_above() -> None:
+    official, capped = _four_stage_pair()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for shape in [(1, 3, 224, 224), (2, 3, 200, 150)]:               # the reference size, and below it
+            x = torch.randn(shape, generator=gen)
+            assert (capped(x) - official(x)).abs().max().item() <= 1e-6, shape
+        x = torch.randn(1, 3, 256, 288, generator=gen)                   # stage grids 8 x 9 > 7 x 7: capped
+        assert (capped(x) - official(x)).abs().max().item() > 1e-4
+
+
+def test_max_kv_grids_make_gmacs_per_pixel_linear() -> None:
+    def gmacs_per_pixel(overrides: dict, side: int) -> float:
+        with torch.device("meta"):
+            model = visattn.create_model("cloformer_xxs", **_FOUR_STAGES, **overrides).eval()
+            x = torch.empty(1, 3, side, side)
+        return count_flops(lambda: model(x)) / 2e9 / side ** 2
+
+    capped = gmacs_per_pixel({"max_kv_grids": _GRID_224}, 896) / gmacs_per_pixel({"max_kv_grids": _GRID_224}, 224)
+    official = gmacs_per_pixel({}, 896) / gmacs_per_pixel({}, 224)
+    assert capped <= 1.25, capped
+    assert official > 1.25, official                                    # the official windows are not linear
+
+
+def test_max_kv_grids_config_round_trip_and_length_check() -> None:
+    with torch.device("meta"):
+        model = visattn.create_model("cloformer_xxs", max_kv_grids=_GRID_224)
+    text = json.dumps(config_to_dict(model.config))
+    assert config_from_dict(type(model), text) == model.config
+    assert config_from_dict(type(model), text).max_kv_grids == _GRID_224
+    assert visattn.create_model("cloformer_xxs", **_FOUR_STAGES).config.max_kv_grids is None   # off by default
+    with pytest.raises(ValueError, match="max_kv_grids"):
+        visattn.create_model("cloformer_xxs", **_FOUR_STAGES, max_kv_grids=(7, 7))
+
+
+@pytest.mark.slow
+def test_max_kv_grids_export_with_dynamic_sizes() -> None:
+    from visattn.export import export_program
+
+    # Small caps so that the test sizes run both paths: 64 x 64 stays under them, 97 x 203 is capped at every stage,
+    # 32 x 32 has a 1 x 1 last stage (a size whose key count 1 the trace once guarded against).
+    model = visattn.create_model("cloformer_xxs", **_FOUR_STAGES, max_kv_grids=(3, 3, 2, 2)).eval()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            module.reset_parameters()                                   # outputs of order 1 (see test_export.py)
+    program = export_program(model).module()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for shape in [(2, 3, 64, 64), (1, 3, 97, 203), (3, 3, 32, 32)]:
+            x = torch.randn(shape, generator=gen)
+            expected = model(x)
+            assert expected.abs().max().item() > 0.1
+            assert (program(x) - expected).abs().max().item() <= 1e-4, shape
