@@ -149,9 +149,9 @@ def test_attention_argument_errors() -> None:
 # --- opt-in linear cost: max_kv_grids ---------------------------------------------------------------------------
 
 # Four stages at the official windows (8, 4, 2, 1), small widths: every stage's key grid is 7 x 7 at 224 x 224.
-_FOUR_STAGES = dict(dims=(16, 16, 24, 24), depths=(1, 1, 1, 1), num_heads=(2, 2, 3, 3),
-                    group_splits=((1, 1), (1, 1), (1, 2), (1, 2)), kernel_sizes=((3,), (3,), (5,), (5,)),
-                    mlp_ratios=(2.0, 2.0, 2.0, 2.0), num_classes=5)
+_FOUR_STAGES = {"dims": (16, 16, 24, 24), "depths": (1, 1, 1, 1), "num_heads": (2, 2, 3, 3),
+                "group_splits": ((1, 1), (1, 1), (1, 2), (1, 2)), "kernel_sizes": ((3,), (3,), (5,), (5,)),
+                "mlp_ratios": (2.0, 2.0, 2.0, 2.0), "num_classes": 5}
 _GRID_224 = (7, 7, 7, 7)
 
 

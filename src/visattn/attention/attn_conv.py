@@ -31,7 +31,7 @@ from ..layers.checks import check_image
 from ..layers.partition import is_symbolic, symbolic_reshape
 from ..registry import register_attention
 
-__all__ = ["AttnMap", "AttnConv", "PooledGlobalAttention", "CloAttention", "capped_pool_matrix"]
+__all__ = ["AttnConv", "AttnMap", "CloAttention", "PooledGlobalAttention", "capped_pool_matrix"]
 
 
 class AttnMap(nn.Module):
