@@ -222,6 +222,46 @@ def test_runtime_interpolation_equals_resized_checkpoint() -> None:
         torch.testing.assert_close(at_224(x), at_256(x))
 
 
+# --- training path (issue 9: bf16 training memory) -----------------------------------------------------------
+
+def _pooling_with_cls() -> tuple[PoolingAttention, torch.Tensor, tuple[int, int]]:
+    attn = PoolingAttention(16, 32, num_heads=2, stride_q=2, stride_kv=4, rel_pos_size=12).train()
+    size = (13, 11)
+    return attn, torch.randn(2, 1 + 13 * 11, 16), size
+
+
+def test_training_attention_equals_the_inference_attention() -> None:
+    # with autograd the rel-pos bias needs a gradient, and the reference attention (keys scaled) replaces SDPA
+    attn, x, size = _pooling_with_cls()
+    out, q_size = attn.forward_tokens(x, size)
+    with torch.no_grad():
+        expected, _ = attn.forward_tokens(x, size)                     # fused SDPA path
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in attn.parameters())
+
+
+def test_bf16_training_keeps_attention_in_bf16() -> None:
+    # PyTorch's CPU SDPA with a trainable mask upcasts to fp32 and keeps the fp32 probabilities for backward
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    attn, x, size = _pooling_with_cls()
+    n_logits = 2 * 2 * (1 + 7 * 6) * (1 + 4 * 3)                       # B * heads * Nq * Nk
+    made: list[torch.dtype] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            made.extend(t.dtype for t in torch.utils._pytree.tree_leaves(out)
+                        if isinstance(t, torch.Tensor) and t.numel() == n_logits)
+            return out
+
+    with Record(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attn.forward_tokens(x, size)
+    out.float().sum().backward()
+    assert made and set(made) == {torch.bfloat16}, made
+
+
 # --- video ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["mvit_v1_base_16x4", "mvitv2_small_video"])

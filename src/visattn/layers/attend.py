@@ -80,7 +80,12 @@ def attend(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if is_symbolic(*q.shape[:-1], *k.shape[:-1]):
         return _attend_traced(q, k, v, bias, scale)
-    logits = (q * scale) @ k.transpose(-2, -1)                         # (B, heads, Nq, Nk)
+    if k.shape[-2] < q.shape[-2]:
+        # fewer keys than queries (pooled keys): scaling them is the cheaper multiply, and under autograd it keeps
+        # a small scaled copy alive for backward instead of a query-sized one
+        logits = q @ (k * scale).transpose(-2, -1)                     # (B, heads, Nq, Nk)
+    else:
+        logits = (q * scale) @ k.transpose(-2, -1)                     # (B, heads, Nq, Nk)
     if bias is not None:
         logits = logits + bias
     return logits.softmax(dim=-1) @ v
