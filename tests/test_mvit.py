@@ -233,7 +233,7 @@ def _pooling_with_cls() -> tuple[PoolingAttention, torch.Tensor, tuple[int, int]
 def test_training_attention_equals_the_inference_attention() -> None:
     # with autograd the rel-pos bias needs a gradient, and the reference attention (keys scaled) replaces SDPA
     attn, x, size = _pooling_with_cls()
-    out, q_size = attn.forward_tokens(x, size)
+    out, _ = attn.forward_tokens(x, size)
     with torch.no_grad():
         expected, _ = attn.forward_tokens(x, size)                     # fused SDPA path
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
