@@ -17,8 +17,6 @@ multiple of the down factor. Sizes that divide are unaffected.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,10 +24,31 @@ from torch import Tensor, nn
 from ..layers.attend import key_padding_bias
 from ..layers.checks import check_image
 from ..layers.cpb import CosineAttnTransform, attend_windows, cosine_qk, cpb_coords, cpb_index, shift_region_mask
-from ..layers.partition import pad_to_multiple, valid_token_mask, window_partition, window_reverse
+from ..layers.partition import (
+    crop_padding,
+    is_symbolic,
+    needs_padding,
+    pad_to_multiple,
+    valid_token_mask,
+    window_partition,
+    window_reverse,
+)
 from ..registry import register_attention
 
 __all__ = ["AnchorProjection", "AnchoredStripeCore", "AnchoredStripeAttention"]
+
+
+def _roll(x: Tensor, shifts: tuple[int, int], dims: tuple[int, int]) -> Tensor:
+    """``torch.roll`` by less than a full turn (|shift| < size); by symbolic amounts (grouped stripes, traced) a
+    gather, as the ONNX converter's roll (and remainder) take constant amounts only."""
+    if not is_symbolic(*shifts):
+        return torch.roll(x, shifts=shifts, dims=dims)
+    for shift, dim in zip(shifts, dims):
+        n = x.shape[dim]
+        source = torch.arange(n, device=x.device) - shift                # out[i] = x[(i - shift) mod n]
+        source = torch.where(source < 0, source + n, source)
+        x = x.index_select(dim, torch.where(source >= n, source - n, source))
+    return x
 
 
 class AnchorProjection(nn.Module):
@@ -46,8 +65,16 @@ class AnchorProjection(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         s = self.down_factor
         x = x.permute(0, 3, 1, 2)                                          # (B, C, H, W)
-        # ceil_mode + count_include_pad=False: a cell cut by the border is the mean of its real pixels
-        x = F.avg_pool2d(x, s, s, ceil_mode=True, count_include_pad=False)
+        H, W = x.shape[-2:]
+        if is_symbolic(H, W):
+            # Traced for any size (torch.export): ceil_mode's output-size rule guards on the size. The same means as
+            # zero-padded sums over real-pixel counts, the padded size a product ceil(H / s) * s.
+            pad = (0, (W + s - 1) // s * s - W, 0, (H + s - 1) // s * s - H)
+            real = F.pad(x.new_ones(1, 1, H, W), pad)                      # (1, 1, Hp, Wp): 1 on real pixels
+            x = F.avg_pool2d(F.pad(x, pad), s, s) / F.avg_pool2d(real, s, s)
+        else:
+            # ceil_mode + count_include_pad=False: a cell cut by the border is the mean of its real pixels
+            x = F.avg_pool2d(x, s, s, ceil_mode=True, count_include_pad=False)
         return self.reduction(x.permute(0, 2, 3, 1))                       # (B, H/s, W/s, C_out)
 
 
@@ -86,8 +113,8 @@ class AnchoredStripeCore(nn.Module):
         """Stripe size and shift for an H x W map (official ``_get_stripe_info``)."""
         size, shift = [], []
         for d, s, g in zip((H, W), self.stripe_size, self.stripe_groups):
-            if g is not None:
-                s = math.ceil(math.ceil(d / g) / self.down_factor) * self.down_factor
+            if g is not None:  # ceil(ceil(d / g) / s) * s in integers: a traced d stays symbolic
+                s = ((d + g - 1) // g + self.down_factor - 1) // self.down_factor * self.down_factor
             size.append(s)
             shift.append(s // 2 if self.shift and g != 1 else 0)
         return (size[0], size[1]), (shift[0], shift[1])
@@ -104,10 +131,13 @@ class AnchoredStripeCore(nn.Module):
         Hp, Wp = H + pad[0], W + pad[1]
         Ha, Wa = anchor.shape[1:3]
         anchor = F.pad(anchor, (0, 0, 0, Wp // df - Wa, 0, Hp // df - Ha))  # (B, Hp/s, Wp/s, C)
-        shifted = shift != (0, 0)
+        if is_symbolic(*shift):  # grouped stripes traced: roll (maybe by 0) whenever a shift is configured
+            shifted = self.shift and any(g != 1 for g in self.stripe_groups)
+        else:
+            shifted = shift != (0, 0)
         if shifted:
-            qkv = torch.roll(qkv, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-            anchor = torch.roll(anchor, shifts=(-a_shift[0], -a_shift[1]), dims=(1, 2))
+            qkv = _roll(qkv, (-shift[0], -shift[1]), (1, 2))
+            anchor = _roll(anchor, (-a_shift[0], -a_shift[1]), (1, 2))
         windows = window_partition(qkv, size)                              # (B*nWin, S0, S1, 3C)
         n_win = windows.shape[0] // B
         q, k, v = windows.reshape(B, n_win, N1, 3, nh, C // nh).permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3x(B, nWin, nh, N1, hd)
@@ -121,12 +151,12 @@ class AnchoredStripeCore(nn.Module):
             anchor_map, pixel_map = (Hp // df, Wp // df), (Hp, Wp)
             bias1 = bias1 + shift_region_mask(anchor_map, a_size, a_shift, pixel_map, size, shift).to(device)[:, None]
             bias2 = bias2 + shift_region_mask(pixel_map, size, shift, anchor_map, a_size, a_shift).to(device)[:, None]
-        if pad[0] or pad[1]:
+        if needs_padding(pad):                                              # always while traced (amounts may be 0)
             valid_px = valid_token_mask(H, W, pad, device)                  # (1, Hp, Wp, 1)
             valid_anchor = valid_token_mask(Ha, Wa, (Hp // df - Ha, Wp // df - Wa), device)  # (1, Hp/s, Wp/s, 1)
             if shifted:
-                valid_px = torch.roll(valid_px, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-                valid_anchor = torch.roll(valid_anchor, shifts=(-a_shift[0], -a_shift[1]), dims=(1, 2))
+                valid_px = _roll(valid_px, (-shift[0], -shift[1]), (1, 2))
+                valid_anchor = _roll(valid_anchor, (-a_shift[0], -a_shift[1]), (1, 2))
             valid_px = window_partition(valid_px, size).reshape(n_win, N1)
             valid_anchor = window_partition(valid_anchor, a_size).reshape(n_win, N2)
             bias1 = bias1 + key_padding_bias(valid_px, bias1.dtype)        # (nWin, nh, N2, N1)
@@ -141,9 +171,9 @@ class AnchoredStripeCore(nn.Module):
         out = out.permute(0, 1, 3, 2, 4).reshape(B * n_win, size[0], size[1], C)  # (B*nWin, S0, S1, C)
         out = window_reverse(out, size, (Hp, Wp))                           # (B, Hp, Wp, C)
         if shifted:
-            out = torch.roll(out, shifts=shift, dims=(1, 2))
-        if pad[0] or pad[1]:
-            out = out[:, :H, :W].contiguous()
+            out = _roll(out, shift, (1, 2))
+        if needs_padding(pad):
+            out = crop_padding(out, (H, W))
         return out
 
 

@@ -18,7 +18,15 @@ from torch import Tensor, nn
 from ..layers.attend import key_padding_bias
 from ..layers.checks import check_image
 from ..layers.cpb import CosineAttnTransform, attend_windows, cosine_qk, cpb_coords, cpb_index, shift_region_mask
-from ..layers.partition import pad_to_multiple, to_2tuple, valid_token_mask, window_partition, window_reverse
+from ..layers.partition import (
+    crop_padding,
+    needs_padding,
+    pad_to_multiple,
+    to_2tuple,
+    valid_token_mask,
+    window_partition,
+    window_reverse,
+)
 from ..registry import register_attention
 
 __all__ = ["ShiftedWindowCosineAttention", "WindowAttentionV2"]
@@ -66,7 +74,7 @@ class ShiftedWindowCosineAttention(nn.Module):
         if shifted:
             region = shift_region_mask((Hp, Wp), self.window_size, self.shift_size).to(device)  # (nWin, N, N)
             bias = bias + region[:, None]                                   # (nWin, nh, N, N)
-        if pad[0] or pad[1]:
+        if needs_padding(pad):                                              # always while traced (amounts may be 0)
             valid = valid_token_mask(H, W, pad, device)                     # (1, Hp, Wp, 1)
             if shifted:
                 valid = torch.roll(valid, shifts=(-s0, -s1), dims=(1, 2))
@@ -78,8 +86,8 @@ class ShiftedWindowCosineAttention(nn.Module):
         out = window_reverse(out, self.window_size, (Hp, Wp))               # (B, Hp, Wp, C)
         if shifted:
             out = torch.roll(out, shifts=(s0, s1), dims=(1, 2))
-        if pad[0] or pad[1]:
-            out = out[:, :H, :W].contiguous()
+        if needs_padding(pad):
+            out = crop_padding(out, (H, W))
         return out
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attend import attend
+from .partition import is_symbolic, symbolic_reshape
 
 __all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask", "cosine_qk", "attend_windows"]
 
@@ -28,7 +29,13 @@ __all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask"
 _MAX_LOGIT_SCALE = math.log(100.0)
 
 
-@functools.lru_cache(maxsize=64)
+def _uncached(*sizes: object) -> bool:
+    """Build a table in the graph instead of the per-size cache: a symbolic size cannot key the cache, and while
+    torch.export / torch.compile traces even fixed sizes, a cached tensor would be a fake one that outlives the trace
+    and later eager calls would receive it."""
+    return is_symbolic(*sizes) or torch.compiler.is_compiling()
+
+
 def cpb_coords(size: tuple[int, int], anchor_size: tuple[int, int] | None = None) -> Tensor:
     """Log-spaced relative coordinates (T0, T1, 2) fed to the bias MLP, on the CPU.
 
@@ -36,24 +43,40 @@ def cpb_coords(size: tuple[int, int], anchor_size: tuple[int, int] | None = None
     anchor grid of size A = S // down_factor, they run from -(A-1) - (S-A)//2 to (S-1) - (S-A)//2 (T = S + A - 1
     values per axis). Each axis is divided by its largest offset, scaled to [-8, 8] and mapped through
     sign(t) * log2(1 + |t|) / log2(8) (Swin V2, Eq. 4).
+
+    Cached per size in eager mode; built in the graph while traced (see :func:`_uncached`).
     """
+    if _uncached(*size, *(anchor_size or ())):
+        return _cpb_coords(size, anchor_size)
+    return _cpb_coords_cached(size, anchor_size)
+
+
+def _cpb_coords(size: tuple[int, int], anchor_size: tuple[int, int] | None) -> Tensor:
     anchor_size = anchor_size or size
     axes = []
     for s, a in zip(size, anchor_size):
         lo, hi = -(a - 1) - (s - a) // 2, (s - 1) - (s - a) // 2
-        axes.append(torch.arange(lo, hi + 1, dtype=torch.float32, device="cpu") / max(hi, 1))
+        top = torch.sym_max(hi, 1) if is_symbolic(hi) else max(hi, 1)  # max() of a SymInt would guard
+        axes.append(torch.arange(lo, hi + 1, dtype=torch.float32, device="cpu") / top)
     table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) * 8   # (T0, T1, 2) in [-8, 8]
     return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
 
 
-@functools.lru_cache(maxsize=64)
 def cpb_index(size: tuple[int, int], anchor_size: tuple[int, int] | None = None, anchor_queries: bool = False) -> Tensor:
     """(Nq, Nk) flat index into the (T0, T1) coordinate table for every (query, key) pair, on the CPU.
 
     Without anchors, queries and keys are the S0*S1 window pixels and the offset is query - key. With anchors,
     ``anchor_queries=False`` pairs window queries with anchor keys (offset window - anchor), ``True`` anchor
     queries with window keys (offset anchor - window); both grids are counted from 0.
+
+    Cached per size in eager mode; built in the graph while traced.
     """
+    if _uncached(*size, *(anchor_size or ())):
+        return _cpb_index(size, anchor_size, anchor_queries)
+    return _cpb_index_cached(size, anchor_size, anchor_queries)
+
+
+def _cpb_index(size: tuple[int, int], anchor_size: tuple[int, int] | None, anchor_queries: bool) -> Tensor:
     anchor_size = anchor_size or size
 
     def grid(shape: tuple[int, int]) -> Tensor:
@@ -70,20 +93,25 @@ def cpb_index(size: tuple[int, int], anchor_size: tuple[int, int] | None = None,
     return (d[0] + offset[0]) * width + (d[1] + offset[1])
 
 
+_cpb_coords_cached = functools.lru_cache(maxsize=64)(_cpb_coords)
+_cpb_index_cached = functools.lru_cache(maxsize=64)(_cpb_index)
+
+
 def _region_labels(size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
     # After a cyclic roll by -shift, the last window row/column mixes pixels from opposite image borders; label the
     # three bands (0 .. S-w, S-w .. S-s, S-s .. S) per axis so pixels that were not neighbours can be told apart.
+    # Comparisons, not slice writes, so symbolic sizes (torch.export) trace; a zero shift gives one region.
     labels = []
     for n, w, s in zip(size, window, shift):
-        lab = torch.zeros(n, dtype=torch.long, device="cpu")
-        if s > 0:
-            lab[n - w:] = 1
-            lab[n - s:] = 2
-        labels.append(lab)
+        pos = torch.arange(n, device="cpu")
+        lab = (pos >= n - w).long() + (pos >= n - s).long()
+        if is_symbolic(s):
+            labels.append(lab * torch.sym_min(s, 1))                     # 0 or 1 without a guard on s > 0
+        else:
+            labels.append(lab if s > 0 else torch.zeros_like(lab))
     return labels[0][:, None] * 3 + labels[1][None, :]                   # (H, W)
 
 
-@functools.lru_cache(maxsize=64)
 def shift_region_mask(size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int],
                       key_size: tuple[int, int] | None = None, key_window: tuple[int, int] | None = None,
                       key_shift: tuple[int, int] | None = None, value: float = -100.0) -> Tensor:
@@ -92,18 +120,31 @@ def shift_region_mask(size: tuple[int, int], window: tuple[int, int], shift: tup
     Queries live on a (H, W) map cut into ``window`` tiles after a roll by -``shift``; keys on the same map, or on a
     smaller one (anchors: ``key_size``, ``key_window``, ``key_shift``). ``value`` is -100, not -inf, as in Swin and
     GRL's official code (``calculate_mask``), whose released weights were trained with it.
+
+    Cached per size in eager mode; built in the graph while traced.
     """
+    args = (size, window, shift, key_size, key_window, key_shift, value)
+    sizes = [s for t in args[:6] if t is not None for s in t]
+    return _shift_region_mask(*args) if _uncached(*sizes) else _shift_region_mask_cached(*args)
+
+
+def _shift_region_mask(size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int],
+                       key_size: tuple[int, int] | None, key_window: tuple[int, int] | None,
+                       key_shift: tuple[int, int] | None, value: float) -> Tensor:
     key_size, key_window, key_shift = key_size or size, key_window or window, key_shift or shift
 
     def per_window(lab: Tensor, win: tuple[int, int]) -> Tensor:
         H, W = lab.shape
         lab = lab.view(H // win[0], win[0], W // win[1], win[1])       # (nH, w0, nW, w1)
-        return lab.permute(0, 2, 1, 3).reshape(-1, win[0] * win[1])    # (nWin, w0*w1)
+        return symbolic_reshape(lab.permute(0, 2, 1, 3), (-1, win[0] * win[1]))  # (nWin, w0*w1)
 
     q = per_window(_region_labels(size, window, shift), window)
     k = per_window(_region_labels(key_size, key_window, key_shift), key_window)
     mask = torch.zeros(q.shape[0], q.shape[1], k.shape[1], device="cpu")
     return mask.masked_fill(q[:, :, None] != k[:, None, :], value)      # (nWin, Nq, Nk)
+
+
+_shift_region_mask_cached = functools.lru_cache(maxsize=64)(_shift_region_mask)
 
 
 def cosine_qk(q: Tensor, k: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,13 +164,14 @@ def attend_windows(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     Shape: returns (B, nWin, nh, Nq, hd_v).
     """
     B, n_win, nh, Nq, hd = q.shape
+    Nk, hd_v = k.shape[-2], v.shape[-1]  # explicit sizes, no -1: inferring one divides symbolic sizes (a guard)
     if bias.ndim == 4:
-        lead, bias = (B, n_win * nh), bias.reshape(n_win * nh, Nq, -1)    # windows folded into the heads
+        lead, bias = (B, n_win * nh), bias.reshape(n_win * nh, Nq, Nk)    # windows folded into the heads
     else:
         lead = (B * n_win, nh)                                           # windows folded into the batch
-    out = attend(q.reshape(*lead, Nq, hd), k.reshape(*lead, -1, hd), v.reshape(*lead, -1, v.shape[-1]),
-                 bias=bias, scale=1.0)
-    return out.view(B, n_win, nh, Nq, -1)
+    out = attend(q.reshape(*lead, Nq, hd), k.reshape(*lead, Nk, hd), v.reshape(*lead, Nk, hd_v),
+                 bias=bias, scale=1.0)                                   # (*lead, Nq, hd_v)
+    return out.view(B, n_win, nh, Nq, hd_v)
 
 
 class CosineAttnTransform(nn.Module):

@@ -40,6 +40,7 @@ from ..layers.checks import check_image
 from ..layers.conv import SqueezeExcite
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.mlp import Mlp
+from ..layers.partition import is_symbolic
 from ..registry import register_models
 
 __all__ = ["GRLConfig", "GRL"]
@@ -261,12 +262,33 @@ class GRL(nn.Module):
 
     def _pad(self, x: Tensor) -> Tensor:
         H, W = x.shape[-2:]
+        if is_symbolic(H, W):
+            return self._pad_traced(x)
         ph, pw = (-H) % self.pad_size, (-W) % self.pad_size
         if not (ph or pw):
             return x
         # Reflect, falling back to zeros when the image is smaller than the padding (official check_image_size).
         mode = "reflect" if ph < H and pw < W else "constant"
         return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+    def _pad_traced(self, x: Tensor) -> Tensor:
+        """:meth:`_pad` for symbolic sizes (torch.export): the same pixels without a branch on the size.
+
+        Reflect padding guards on pad < size and the zero fallback is a branch on the size; here both are computed
+        and a tensor condition picks one. The reflected rows are gathered (row i < H is row i, row i >= H is row
+        2 (H - 1) - i), which is F.pad's reflect wherever the pad is smaller than the image; the padded size is a
+        product ceil(H / P) * P so the partitions need no divisibility guard.
+        """
+        H, W = x.shape[-2:]
+        P = self.pad_size
+        Hp, Wp = (H + P - 1) // P * P, (W + P - 1) // P * P
+        zeros = F.pad(x, (0, Wp - W, 0, Hp - H))                           # (B, C, Hp, Wp)
+        rows, cols = torch.arange(Hp, device=x.device), torch.arange(Wp, device=x.device)
+        rows = torch.where(rows < H, rows, 2 * (H - 1) - rows)             # negative where pad >= H
+        cols = torch.where(cols < W, cols, 2 * (W - 1) - cols)
+        reflect_ok = (rows.min() >= 0) & (cols.min() >= 0)                # the official test ph < H and pw < W
+        reflected = x.index_select(-2, rows.clamp(min=0)).index_select(-1, cols.clamp(min=0))  # (B, C, Hp, Wp)
+        return torch.where(reflect_ok, reflected, zeros)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The body on conv_first features. Shape: (B, C, H, W) -> (B, C, H, W)."""
@@ -293,6 +315,8 @@ class GRL(nn.Module):
             out = self.upsample(body)
         out = out / self.config.img_range + self.mean
         s = self.config.upscale
+        if is_symbolic(H, W):  # a slice's bound clamp would guard on H * s <= Hp * s; crop by negative padding
+            return F.pad(out, (0, W * s - out.shape[-1], 0, H * s - out.shape[-2]))
         return out[..., :H * s, :W * s]
 
     @staticmethod
