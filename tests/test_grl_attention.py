@@ -203,3 +203,35 @@ def test_invalid_stripe_settings_raise() -> None:
         AnchoredStripeAttention(8, stripe_size=(None, 8), stripe_groups=(None, None))
     with pytest.raises(ValueError, match="num_heads"):
         visattn.create_attention("window_v2", dim=10, num_heads=3)
+
+
+EXPORTED = {
+    "window_v2_shifted": lambda: WindowAttentionV2(8, num_heads=2, window_size=4, shift=True, cpb_hidden=16),
+    "stripe_fixed_shifted": lambda: AnchoredStripeAttention(8, num_heads=2, shift=True, cpb_hidden=16,
+                                                            **STRIPES["fixed"]),
+    "stripe_groups_shifted": lambda: AnchoredStripeAttention(8, num_heads=2, shift=True, cpb_hidden=16,
+                                                             **STRIPES["vertical_groups"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(EXPORTED))
+def test_attention_exports_with_dynamic_sizes(kind: str) -> None:
+    # One torch.export trace (batch, height, width symbolic) must equal eager at sizes that divide, need padding, are
+    # smaller than a window, and at batch 1. Traced, the shift masks, position tables and (grouped stripes) the
+    # stripe size and shift are built from symbolic sizes. The per-size table caches start empty, so a table cached
+    # during the trace (a fake tensor) would reach the eager calls after it.
+    from visattn.export import export_program
+    from visattn.layers import cpb
+
+    for cache in (cpb._cpb_coords_cached, cpb._cpb_index_cached, cpb._shift_region_mask_cached):
+        cache.cache_clear()
+    torch.manual_seed(0)
+    module = EXPORTED[kind]().eval()
+    program = export_program(module, torch.randn(2, 8, 11, 19)).module()
+    with torch.no_grad():
+        for b, h, w in [(2, 16, 24), (1, 9, 13), (3, 5, 7)]:
+            x = torch.randn(b, 8, h, w)
+            expected = module(x)
+            assert type(expected) is torch.Tensor                           # not a fake tensor left by the trace
+            torch.testing.assert_close(program(x), expected, atol=1e-5, rtol=0)

@@ -82,7 +82,8 @@ def _cpb_index(size: tuple[int, int], anchor_size: tuple[int, int] | None, ancho
     def grid(shape: tuple[int, int]) -> Tensor:
         rows, cols = torch.meshgrid(torch.arange(shape[0], device="cpu"), torch.arange(shape[1], device="cpu"),
                                     indexing="ij")
-        return torch.stack([rows.flatten(), cols.flatten()])            # (2, N)
+        n = shape[0] * shape[1]  # meshgrid gives expanded views; traced, flattening one guarded on a side being 1
+        return torch.stack([symbolic_reshape(rows, (n,)), symbolic_reshape(cols, (n,))])  # (2, N)
 
     win, anc = grid(size), grid(anchor_size)
     q, k = (anc, win) if anchor_queries else (win, anc)
