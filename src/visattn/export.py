@@ -1,4 +1,5 @@
-"""Deployment: a model as a ``torch.export`` program or an ONNX graph, with dynamic batch, height and width.
+"""Deployment: a model as a ``torch.export`` program or an ONNX graph, with dynamic batch, height and width (and
+frame count for video models).
 
     from visattn.export import to_onnx, to_torch_export, load_torch_export
     to_onnx(model, "maxvit.onnx")                    # batch, H and W dynamic; opset 18
@@ -33,6 +34,7 @@ __all__ = ["DTYPES", "example_input", "export_program", "load_torch_export", "to
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Upper bound given to the dynamic height / width (the shape solver wants a finite range).
 MAX_SIZE = 8192
+MAX_FRAMES = 4096  # likewise for the frame count of video models (input (B, C, T, H, W))
 ONNX_OPSET = 18
 
 
@@ -68,6 +70,8 @@ def _dynamic_shapes(model: nn.Module, x: Tensor, dynamic_size: bool, dynamic_bat
         low = max(getattr(model, "min_input_size", 1), 1)
         dims[x.ndim - 2] = Dim("height", min=low, max=MAX_SIZE)
         dims[x.ndim - 1] = Dim("width", min=low, max=MAX_SIZE)
+        if x.ndim == 5:
+            dims[2] = Dim("frames", min=max(getattr(model, "min_input_frames", 1), 1), max=MAX_FRAMES)
     return {"x": dims}
 
 
@@ -123,7 +127,7 @@ def _explain(model: nn.Module, err: Exception) -> ValueError:
     """A constraint violation as a user-facing error naming the dimension that would be frozen."""
     text = str(err)
     lines = [line for line in text.splitlines() if "satisf" in line or "specializ" in line]
-    frozen = [d for d in ("batch", "height", "width") if any(f" {d} " in line for line in lines)]
+    frozen = [d for d in ("batch", "frames", "height", "width") if any(f" {d} " in line for line in lines)]
     which = ", ".join(frozen) if frozen else "a dynamic dimension"
     first = lines[0].strip(" -") if lines else ""
     return ValueError(
@@ -140,7 +144,8 @@ def export_program(model: nn.Module, example: Tensor | None = None, *, dynamic_s
         model: a visattn model (or any module taking one image tensor).
         example: the tracing input; default :func:`example_input`. With ``dynamic_size=False`` its height and width
             are the only ones the program accepts.
-        dynamic_size: height and width symbolic (from ``model.min_input_size`` up to 8192).
+        dynamic_size: height and width symbolic (from ``model.min_input_size`` up to 8192), and for video input
+            (B, C, T, H, W) the frame count too (from ``model.min_input_frames``, default 1, up to 4096).
         dynamic_batch: batch size symbolic.
         dtype: "fp32", "bf16" or "fp16" (the model and the input are cast).
 

@@ -91,6 +91,19 @@ def _resize_table(table: Tensor, length: int) -> Tensor:
     return resized[0].t().to(table.dtype)
 
 
+def _conv3d_traced(x: Tensor, conv: nn.Conv3d) -> Tensor:
+    """``conv(x)`` for torch.export, computed one output column wider and cropped.
+
+    The fake (tracing) convolution converts its 5-D output's memory format with a check that guards on the output
+    map not being a single token (T' * H' * W' != 1), which froze the last stage's map of video models. Padding the
+    input by one stride on the right adds exactly one output column (the others see the same windows), so the
+    output provably has at least two tokens; the negative pad crops it without a slice's bound guard.
+    (B, c, T, H, W) -> (B, c, T', H', W').
+    """
+    y = conv(F.pad(x, (0, conv.stride[-1])))                          # (B, c, T', H', W' + 1)
+    return F.pad(y, (0, -1))                                           # (B, c, T', H', W')
+
+
 def _fused_choice(q: Tensor, bias: Tensor | None) -> bool | None:
     """``attend``'s path: the reference one for a bias that needs a gradient on CPU (training), else the default.
 
@@ -256,7 +269,10 @@ class PoolingAttention(nn.Module):
         B, nh, _, c = t.shape
         cls, t = t[:, :, :prefix], t[:, :, prefix:]
         t = t.reshape(B * nh, *size, c).movedim(-1, 1)                 # (B*heads, c, *size)
-        t = pool(t)                                                    # (B*heads, c, *size')
+        if is_symbolic(*size) and isinstance(pool, nn.Conv3d):
+            t = _conv3d_traced(t, pool)
+        else:
+            t = pool(t)                                                # (B*heads, c, *size')
         size = tuple(t.shape[2:])
         if is_symbolic(*size):  # traced: flatten / reshape of the pooled map asked whether it is one token (a guard)
             t = symbolic_reshape(symbolic_reshape(t, (B * nh, c, -1)).transpose(1, 2), (B, nh, -1, c))
@@ -291,11 +307,20 @@ class PoolingAttention(nn.Module):
             else:
                 terms.append(torch.einsum(f"bn{letters}c,{a}kc->bn{letters}k", r_q, rel))  # (B, heads, *q_size, ka)
         terms = torch.cat(terms, dim=-1).reshape(B, nh, math.prod(q_size), sum(k_size))  # (B, heads, Nq, sum k)
-        grids = torch.meshgrid(*[torch.arange(k, device=q.device) for k in k_size], indexing="ij")
-        if is_symbolic(*k_size):  # one_hot needs a concrete class count; the same 0/1 matrix by comparison
-            onehot = torch.cat([g.flatten()[:, None] == torch.arange(k, device=q.device)[None, :]
-                                for g, k in zip(grids, k_size)], dim=1)
+        if is_symbolic(*k_size):
+            # one_hot needs a concrete class count: the same 0/1 matrix by comparison, with each key's axis
+            # coordinate computed from its flat index (flattening a meshgrid view guarded on a side not being 1;
+            # the ONNX converter has no remainder by a symbolic size, hence d - floor(d / k) * k)
+            flat = torch.arange(math.prod(k_size), device=q.device)    # (Nk,)
+            coords, stride = [], 1
+            for k in reversed(k_size):
+                d = flat.div(stride, rounding_mode="floor")
+                coords.insert(0, d - d.div(k, rounding_mode="floor") * k)
+                stride = stride * k
+            onehot = torch.cat([c[:, None] == torch.arange(k, device=q.device)[None, :]
+                                for c, k in zip(coords, k_size)], dim=1)  # (Nk, sum k)
         else:
+            grids = torch.meshgrid(*[torch.arange(k, device=q.device) for k in k_size], indexing="ij")
             onehot = torch.cat([F.one_hot(g.flatten(), k) for g, k in zip(grids, k_size)], dim=1)  # (Nk, sum k)
         bias = terms @ onehot.to(terms.dtype).t()                      # (B, heads, Nq, Nk)
         if prefix:

@@ -45,7 +45,7 @@ from ..layers.backbone import ClassifierBackbone
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
-from ..layers.partition import is_symbolic
+from ..layers.partition import is_symbolic, symbolic_reshape
 from ..registry import register_models
 
 __all__ = ["MViTConfig", "MViT", "MViTVideo"]
@@ -126,7 +126,9 @@ def _pool_tokens(x: Tensor, pool: nn.Module, size: tuple[int, ...], prefix: int)
     """Pool the map tokens of (B, prefix + N, C) with a (B, C, *size) pooling; class tokens pass through."""
     cls, x = x[:, :prefix], x[:, prefix:]
     B, _, C = x.shape
-    x = x.reshape(B, *size, C).movedim(-1, 1)                          # (B, C, *size), channels-last strides
+    # traced: reshaped through a contiguous copy (after the class token's slice the view's stride check guarded on
+    # the batch not being 1)
+    x = symbolic_reshape(x, (B, *size, C)).movedim(-1, 1)             # (B, C, *size), channels-last strides
     if is_symbolic(*x.shape):
         # traced: an NCHW copy; max pooling's meta function picks the output layout from channels-last input by
         # asking whether the output map is one pixel wide, a guard that froze the last stage's width to != 1
@@ -286,13 +288,15 @@ class MViT(ClassifierBackbone):
         C = self.pos_embed_spatial.shape[-1]
         ref_hw, hw = self.patch_grid[-2:], size[-2:]
         pos = self.pos_embed_spatial                                   # (1, H0*W0, C)
-        if hw != ref_hw:
+        # traced for any size (torch.export): always resized, a size comparison would freeze it; resizing to the
+        # same size is exact (bicubic and linear sample the original points with align_corners=False)
+        if is_symbolic(*hw) or hw != ref_hw:
             grid = pos.reshape(1, *ref_hw, C).permute(0, 3, 1, 2)      # (1, C, H0, W0)
             grid = F.interpolate(grid.float(), size=hw, mode="bicubic", align_corners=False).to(pos.dtype)
             pos = grid.flatten(2).transpose(1, 2)                      # (1, H*W, C)
         if self.pos_embed_temporal is not None:
             temporal = self.pos_embed_temporal                         # (1, T0, C)
-            if size[0] != temporal.shape[1]:
+            if is_symbolic(size[0]) or size[0] != temporal.shape[1]:
                 temporal = F.interpolate(temporal.transpose(1, 2).float(), size=size[0], mode="linear",
                                          align_corners=False).transpose(1, 2).to(pos.dtype)
             pos = (temporal[:, :, None] + pos[:, None]).reshape(1, -1, C)  # (1, T*H*W, C), T outermost
