@@ -254,9 +254,10 @@ class CATNet(nn.Module):
             raise ValueError(f"support_mask shape {tuple(support_mask.shape)} does not match the support images "
                              f"{tuple(support.shape)}: expected ({B}, {K}, {support.shape[-2]}, {support.shape[-1]})")
         mask = support_mask.to(x.dtype)
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or mask.device.type == "meta":
             # The value checks below read tensor data (a host sync, and a data-dependent branch that breaks a
-            # torch.compile fullgraph); compiled code trusts its inputs, eager validates them.
+            # torch.compile fullgraph); compiled code trusts its inputs, eager validates them. Meta tensors (FLOP
+            # counting) have no data to check.
             return support, mask
         if bool(((mask < 0) | (mask > 1)).any()):
             raise ValueError("support_mask values must lie in [0, 1] (0 background, 1 foreground)")
