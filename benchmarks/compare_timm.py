@@ -139,7 +139,8 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-rounds", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also compare torch.compile'd models")
-    parser.add_argument("--fullgraph", action="store_true", help="compile visattn with fullgraph=True")
+    parser.add_argument("--fullgraph", action=argparse.BooleanOptionalAction, default=True,
+                        help="compile visattn with fullgraph=True (any graph break is an error; default on)")
     args = parser.parse_args()
     import timm
 

@@ -118,8 +118,9 @@ def model_summary(name: str, img_size: int | tuple[int, int] | None = 224, **ove
 
 
 def _forward(model: nn.Module, x: Tensor) -> Tensor:
-    # Models that need more than the image (few-shot support sets) say how to make the rest from it.
-    extra = getattr(type(model), "test_forward_kwargs", None)
+    # Models that need more than the image (few-shot support sets) say how to make the rest from it; a
+    # torch.compile wrapper hides the class, so ask the module it wraps.
+    extra = getattr(type(getattr(model, "_orig_mod", model)), "test_forward_kwargs", None)
     return model(x, **extra(x)) if extra is not None else model(x)
 
 
@@ -215,8 +216,14 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
     for target in targets:
         module = target.build().to(device)
         module.train(mode == "fwdbwd")
-        runner = torch.compile(module) if compile else module
+        runner = module
         for size in sizes:
+            if compile:
+                # One static graph per size, from a clean cache: a second size would make dynamo recompile with
+                # symbolic shapes, which inductor lowers less well (adaptive pooling not at all in torch 2.13:
+                # "cannot determine truth value of Relational"), and past 8 sizes it would fall back to eager.
+                torch._dynamo.reset()
+                runner = torch.compile(module, dynamic=False)
             shape = example_input_shape(module, size, batch)
             row: dict[str, Any] = {"name": target.name, "kind": target.kind, "height": size[0], "width": size[1],
                                    "pixels": size[0] * size[1], "batch": batch, "mode": mode, "dtype": dtype,

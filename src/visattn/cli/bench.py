@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", "-b", type=int, default=1)
     p.add_argument("--mode", choices=["fwd", "fwdbwd"], default="fwd")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile each module first")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure each module torch.compile'd (rows named '<name> (compiled)') beside eager")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--max-seconds", type=float, default=10.0, help="stop timing one point after this long")
@@ -74,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for target in targets:
         max_tokens = args.global_max_tokens if target.kind == "baseline" else None
-        rows += bench_rows([target], sizes, batch=args.batch_size, mode=args.mode, dtype=args.dtype, device=device,
-                           compile=args.compile, warmup=args.warmup, iters=args.iters, max_seconds=args.max_seconds,
-                           max_tokens=max_tokens, memory=args.memory)
+        for compiled in (False, True) if args.compile else (False,):
+            run_target = Target(f"{target.name} (compiled)", target.kind, target.build) if compiled else target
+            rows += bench_rows([run_target], sizes, batch=args.batch_size, mode=args.mode, dtype=args.dtype,
+                               device=device, compile=compiled, warmup=args.warmup, iters=args.iters,
+                               max_seconds=args.max_seconds, max_tokens=max_tokens, memory=args.memory)
     out = Path(args.out)
     columns = ["name", "kind", "height", "width", "pixels", "batch", "mode", "dtype", "device", "compile", "ms",
                "img_per_s", "peak_mem_mb", "gmacs", "note"]
@@ -91,6 +94,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'name':<24} {'slope(ms)':>10} {'slope(GMACs)':>13}   (log-log slope vs pixels: 1 linear, 2 quadratic)")
     for name in dict.fromkeys(r["name"] for r in rows):
         print(f"{name:<24} {_slope(rows, name, 'ms'):>10} {_slope(rows, name, 'gmacs'):>13}")
+    if args.compile:
+        eager = {(r["name"], r["height"], r["width"]): r["ms"] for r in rows if not r["compile"]}
+        print(f"{'name':<24} {'size':>9} {'eager ms':>10} {'compiled ms':>12} {'speedup':>8}")
+        for r in rows:
+            base = eager.get((r["name"].removesuffix(" (compiled)"), r["height"], r["width"]))
+            if r["compile"] and r["ms"] and base:
+                size = f"{r['height']}x{r['width']}"
+                print(f"{r['name'].removesuffix(' (compiled)'):<24} {size:>9} {base:>10.2f} {r['ms']:>12.2f} "
+                      f"{base / r['ms']:>7.2f}x")
     print(f"wrote {out / 'bench.csv'}" + "".join(f", {p}" for p in pngs if p))
     return 0
 
