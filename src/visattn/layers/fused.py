@@ -9,9 +9,13 @@ tanh GELU on (4, 256, 56, 56) 21.4 ms -> 11.2 ms.
 
 Every helper here computes exactly ``act(layer(x))`` / ``residual + layer(x)`` (to float rounding). The fused kernels
 are used only where they cannot change semantics: fp32 CPU tensors, no autograd (``torch.no_grad`` /
-``inference_mode``), the module in eval mode, no autocast, not while tracing or exporting (``torch.compile``,
-``torch.export`` and ONNX see the plain ops), and only while :func:`visattn.layers.attend.use_fused` is on, so the
-generic fused-vs-reference test compares the two paths.
+``inference_mode``), the module in eval mode, no autocast, not while exporting (``torch.export`` and ONNX see the
+plain ops: an exported graph must not depend on this build's oneDNN), and only while
+:func:`visattn.layers.attend.use_fused` is on, so the generic fused-vs-reference test compares the two paths.
+
+``torch.compile`` keeps them (as the custom ops ``visattn::linear_pointwise`` / ``visattn::linear_add``): without them
+inductor's CPU code ran maxvit_tiny slower than this eager path (0.65-0.75x measured; its own matmuls are plain
+``addmm`` plus separate epilogue kernels).
 """
 
 from __future__ import annotations
@@ -31,6 +35,33 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
+def _exporting() -> bool:
+    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+# The oneDNN ops wrapped as custom ops for torch.compile: opaque calls to inductor (whose own lowering of the mkldnn
+# linear op rejects these arguments: "LoweringException: NotImplementedError: Pointwise ... tanh") with the fake
+# kernels the tracer needs (oneDNN's binary linear has none). Eager calls the oneDNN ops directly (no wrapper cost).
+@torch.library.custom_op("visattn::linear_pointwise", mutates_args=())
+def _linear_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, attr: str, algorithm: str) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
+
+
+@_linear_pointwise.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, attr: str, algorithm: str) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("visattn::linear_add", mutates_args=())
+def _linear_add(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
+
+
+@_linear_add.register_fake
+def _(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 def fast_inference(x: Tensor, module: nn.Module | None = None) -> bool:
     """True where the fused oneDNN kernels may replace the plain ops for ``x`` (see the module docstring)."""
     return (
@@ -41,7 +72,7 @@ def fast_inference(x: Tensor, module: nn.Module | None = None) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and not _tracing()
+        and not _exporting()
     )
 
 
@@ -61,6 +92,8 @@ def _onednn_act(act: nn.Module | None) -> tuple[str, str] | None:
 def linear(x: Tensor, fc: nn.Linear) -> Tensor:
     """``fc(x)``; oneDNN in inference (its bias epilogue beats addmm's bias copy: 85 vs 72 GFLOP/s at 1 thread)."""
     if fast_inference(x, fc):
+        if torch.compiler.is_compiling():
+            return _linear_pointwise(x, fc.weight, fc.bias, "none", "")
         return torch.ops.mkldnn._linear_pointwise(x, fc.weight, fc.bias, "none", [], "")
     return fc(x)
 
@@ -72,6 +105,8 @@ def linear_act(x: Tensor, fc: nn.Module, act: nn.Module, *, weight: Tensor | Non
         weight, bias = fc.weight.flatten(1), fc.bias
     post = _onednn_act(act)
     if post is not None and fast_inference(x, fc):
+        if torch.compiler.is_compiling():
+            return _linear_pointwise(x, weight, bias, post[0], post[1])
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post[0], [], post[1])
     return act_inplace(F.linear(x, weight, bias), act)
 
@@ -82,6 +117,8 @@ def linear_add(x: Tensor, fc: nn.Module, residual: Tensor, *, weight: Tensor | N
     if weight is None:  # the layer's own parameters (a 1x1 conv's weight flattened: a new tensor, same bias)
         weight, bias = fc.weight.flatten(1), fc.bias
     if fast_inference(x, fc) and residual.shape[:-1] == x.shape[:-1] and residual.dtype == x.dtype:
+        if torch.compiler.is_compiling():
+            return _linear_add(x, residual, weight, bias)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
     return residual + F.linear(x, weight, bias)
 
