@@ -84,17 +84,28 @@ def test_bench_attention_vs_global_writes_csv_and_plots(tmp_path: Path) -> None:
     # block + grid attention is linear in the pixels (P = 4 divides 8, 16, 24); global attention grows faster
     assert gmacs[("multi_axis", 576)] / gmacs[("multi_axis", 64)] == pytest.approx(9.0, rel=1e-6)
     assert gmacs[("global(dim=16)", 576)] / gmacs[("global(dim=16)", 64)] > 20
-    for name in ("bench_ms.png", "bench_gmacs.png"):
+    for name in ("bench_ms.png", "bench_gmacs.png", "bench_per_pixel.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
     assert "slope" in proc.stdout
+    # per-pixel GMACs at 24x24 over 8x8: 1.00 for the linear mechanism, > 2 for global attention
+    per_pixel = {line.split()[0]: line.split()[-1] for line in proc.stdout.splitlines() if "/8x8" in line}
+    assert per_pixel["multi_axis"] == "1.00" and float(per_pixel["global(dim=16)"]) > 2
+    env = (tmp_path / "environment.txt").read_text()
+    assert "torch " in env and "commit:" in env and "--attention multi_axis" in env
 
 
 def test_bench_model_forward_backward_bf16(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     assert main(["bench", *TINY_MODEL, "--sizes", "32,40", "--mode", "fwdbwd", "--dtype", "bf16", "--iters", "1",
                  "--warmup", "0", "--batch-size", "2", "--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
-    assert [r["height"] for r in rows] == ["32", "40"] and all(r["mode"] == "fwdbwd" for r in rows)
-    assert float(rows[1]["gmacs"]) > float(rows[0]["gmacs"]) > 0
+    assert all(r["mode"] == "fwdbwd" for r in rows)
+    model = [r for r in rows if r["kind"] == "model"]
+    assert [r["height"] for r in model] == ["32", "40"]
+    assert float(model[1]["gmacs"]) > float(model[0]["gmacs"]) > 0
+    # beside a model: global attention over stride-4 patches (8x8 then 10x10 tokens), GMACs superlinear in pixels
+    baseline = [r for r in rows if r["kind"] == "baseline"]
+    assert [r["name"] for r in baseline] == ["global(dim=64, patch 4)"] * 2
+    assert float(baseline[1]["gmacs"]) / float(baseline[0]["gmacs"]) > (40 * 40) / (32 * 32)
     assert main(["bench", *TINY_MODEL, "--sizes", "16", "--out", str(tmp_path)]) == 1
     assert "too small" in capsys.readouterr().err
 

@@ -45,19 +45,26 @@ class GlobalAttention(nn.Module):
     Args:
         dim: channels.
         head_dim: channels per head.
+        patch: with ``patch > 1`` the input is an image of ``in_chans`` channels, cut into non-overlapping
+            patch x patch tokens of width ``dim`` first (a ViT stage at stride ``patch``): the baseline beside whole
+            models, whose first attention stage runs at stride 4.
+        in_chans: image channels when ``patch > 1``.
     """
 
-    def __init__(self, dim: int, head_dim: int = 32):
+    def __init__(self, dim: int, head_dim: int = 32, *, patch: int = 1, in_chans: int = 3):
         super().__init__()
         if dim % head_dim:
             head_dim = dim
         self.dim, self.num_heads, self.head_dim = dim, dim // head_dim, head_dim
+        self.in_chans = in_chans if patch > 1 else dim
+        self.embed = nn.Conv2d(in_chans, dim, patch, stride=patch) if patch > 1 else nn.Identity()
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Shape: (B, C, H, W) -> (B, C, H, W)."""
-        check_image(x, self.dim, who="GlobalAttention")
+        """Shape: (B, C, H, W) -> (B, C, H, W); with ``patch`` P: (B, in_chans, H, W) -> (B, dim, H / P, W / P)."""
+        check_image(x, self.in_chans, who="GlobalAttention")
+        x = self.embed(x)                                              # (B, dim, H / P, W / P)
         B, C, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)                          # (B, H*W, C)
         qkv = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, self.head_dim)
@@ -79,7 +86,7 @@ def count_flops(fn: Callable[[], Any]) -> int:
 def example_input_shape(model: nn.Module, size: tuple[int, int], batch: int = 1) -> tuple[int, ...]:
     """Input shape of ``model`` at ``size``: (B, C, H, W), or (B, C, T, H, W) for video models."""
     config = getattr(model, "config", None)
-    in_chans = getattr(config, "in_chans", None) or getattr(model, "dim", 3)
+    in_chans = getattr(config, "in_chans", None) or getattr(model, "in_chans", None) or getattr(model, "dim", 3)
     if getattr(model, "input_ndim", 4) == 5:
         frames = getattr(config, "num_frames", None)
         img_size = getattr(config, "img_size", None)

@@ -14,7 +14,7 @@ from typing import Any
 
 log = logging.getLogger("visattn")
 
-__all__ = ["have_matplotlib", "plot_confusion", "plot_curves", "plot_scaling"]
+__all__ = ["have_matplotlib", "plot_confusion", "plot_curves", "plot_per_pixel", "plot_scaling"]
 
 
 def have_matplotlib() -> bool:
@@ -119,4 +119,34 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str | os.PathLike, metric
     ax.set(xlabel="pixels (H x W)", ylabel=metric, title=title or f"{metric} vs pixels")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_per_pixel(rows: Sequence[dict[str, Any]], path: str | os.PathLike, metrics: Sequence[str] = ("ms",
+                   "peak_mem_mb"), limit: float = 1.25, title: str = "") -> Path | None:
+    """Cost per pixel relative to each line's smallest size, one panel per metric: flat means linear in pixels.
+
+    A dotted guide marks ``limit`` (the linear-growth target); quadratic cost rises with slope 1 on these log axes.
+    """
+    if not have_matplotlib():
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    for ax, metric in zip(axes[0], metrics):
+        for name in names:
+            pts = sorted((r["pixels"], r[metric] / r["pixels"]) for r in rows
+                         if r["name"] == name and r.get(metric) not in (None, ""))
+            if len(pts) < 2:
+                continue
+            x0, y0 = pts[0]
+            ax.loglog([x / x0 for x, _ in pts], [y / y0 for _, y in pts], "o-", label=name)
+        ax.axhline(limit, ls=":", color="gray", lw=1, label=f"{limit}x")
+        ax.axhline(1.0, ls="-", color="gray", lw=0.5)
+        ax.set(xlabel="pixels / pixels at the smallest size", ylabel=f"{metric} per pixel (relative)", title=metric)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

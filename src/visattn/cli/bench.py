@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--max-seconds", type=float, default=10.0, help="stop timing one point after this long")
+    p.add_argument("--baseline-patch", type=int, default=4,
+                   help="with --model: add global attention over patch x patch tokens of width 64 (a ViT stage at "
+                        "that stride; 0 or 1: none)")
     p.add_argument("--global-max-tokens", type=int, default=9216,
                    help="time global attention only up to this many tokens (GMACs are always counted)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory pass")
@@ -44,11 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import csv
     import io
+    import sys
     from pathlib import Path
 
     from ..bench import GlobalAttention, Target, bench_rows
     from ..checkpoint import atomic_write_bytes
-    from ..plots import plot_scaling
+    from ..plots import plot_per_pixel, plot_scaling
     from ..registry import create_attention, create_model, get_attention_class, get_model_class
     from ._common import apply_runtime, parse_overrides, parse_sizes
 
@@ -64,17 +68,23 @@ def run(args: argparse.Namespace) -> int:
         if small < getattr(cls, "min_input_size", 1):
             raise ValueError(f"size {small} is too small for {name}: it needs at least {cls.min_input_size}")
         targets.append(Target(name, "model", lambda name=name: create_model(name, **overrides)))
+    if args.model and args.baseline and args.baseline_patch > 1:
+        patch = args.baseline_patch
+        targets.append(Target(f"global(dim=64, patch {patch})", "baseline",
+                              lambda: GlobalAttention(64, 32, patch=patch)))
     for name in args.attention:
         cls = get_attention_class(name)
         kwargs = {**cls.example_kwargs(), **overrides}
         targets.append(Target(name, "attention", lambda name=name, kwargs=kwargs: create_attention(name, **kwargs)))
-        if args.baseline and not any(t.name.startswith("global") for t in targets):
+        if args.baseline and not any(t.name.startswith("global(dim=") and "patch" not in t.name for t in targets):
             dim, head_dim = kwargs["dim"], kwargs.get("head_dim", 32)
             targets.append(Target(f"global(dim={dim})", "baseline",
                                   lambda dim=dim, head_dim=head_dim: GlobalAttention(dim, head_dim)))
     rows = []
     for target in targets:
         max_tokens = args.global_max_tokens if target.kind == "baseline" else None
+        if max_tokens is not None and "patch" in target.name:          # tokens = pixels / patch^2
+            max_tokens *= args.baseline_patch ** 2
         for compiled in (False, True) if args.compile else (False,):
             run_target = Target(f"{target.name} (compiled)", target.kind, target.build) if compiled else target
             rows += bench_rows([run_target], sizes, batch=args.batch_size, mode=args.mode, dtype=args.dtype,
@@ -90,10 +100,17 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "bench.csv", buf.getvalue().encode())
     title = f"{args.mode}, {args.dtype}, batch {args.batch_size}, {device.type}"
     pngs = [plot_scaling(rows, out / "bench_ms.png", metric="ms", title=f"latency vs pixels ({title})"),
-            plot_scaling(rows, out / "bench_gmacs.png", metric="gmacs", title="GMACs per image vs pixels")]
+            plot_scaling(rows, out / "bench_gmacs.png", metric="gmacs", title="GMACs per image vs pixels"),
+            plot_per_pixel(rows, out / "bench_per_pixel.png", title=f"cost per pixel, relative ({title})")]
+    atomic_write_bytes(out / "environment.txt", environment_report(sys.argv, device, args.threads).encode())
     print(f"{'name':<24} {'slope(ms)':>10} {'slope(GMACs)':>13}   (log-log slope vs pixels: 1 linear, 2 quadratic)")
     for name in dict.fromkeys(r["name"] for r in rows):
         print(f"{name:<24} {_slope(rows, name, 'ms'):>10} {_slope(rows, name, 'gmacs'):>13}")
+    print(f"\n{'name':<24} {'sizes':>15} {'time/px':>8} {'mem/px':>8} {'GMACs/px':>9}   (per pixel at the largest "
+          "size over the smallest: linear stays near 1)")
+    for name in dict.fromkeys(r["name"] for r in rows):
+        ratios = [_per_pixel_ratio(rows, name, metric) for metric in ("ms", "peak_mem_mb", "gmacs")]
+        print(f"{name:<24} {_span(rows, name):>15} {ratios[0]:>8} {ratios[1]:>8} {ratios[2]:>9}")
     if args.compile:
         eager = {(r["name"], r["height"], r["width"]): r["ms"] for r in rows if not r["compile"]}
         print(f"{'name':<24} {'size':>9} {'eager ms':>10} {'compiled ms':>12} {'speedup':>8}")
@@ -105,6 +122,60 @@ def run(args: argparse.Namespace) -> int:
                       f"{base / r['ms']:>7.2f}x")
     print(f"wrote {out / 'bench.csv'}" + "".join(f", {p}" for p in pngs if p))
     return 0
+
+
+def _points(rows: list[dict], name: str, metric: str) -> list[tuple[int, float]]:
+    return sorted((r["pixels"], r[metric]) for r in rows if r["name"] == name and r.get(metric))
+
+
+def _span(rows: list[dict], name: str) -> str:
+    sizes = sorted((r["pixels"], f"{r['height']}x{r['width']}") for r in rows if r["name"] == name)
+    return f"{sizes[-1][1]}/{sizes[0][1]}" if sizes else "-"
+
+
+def _per_pixel_ratio(rows: list[dict], name: str, metric: str) -> str:
+    pts = _points(rows, name, metric)
+    if len(pts) < 2 or pts[0][0] == pts[-1][0]:
+        return "-"
+    (x0, y0), (x1, y1) = pts[0], pts[-1]
+    return f"{(y1 / x1) / (y0 / x0):.2f}"
+
+
+def environment_report(argv: list[str], device: object, threads: int | None) -> str:
+    """Where a benchmark ran: command, date, commit, machine, library versions, threads."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+
+    import numpy
+    import torch
+
+    import visattn
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(visattn.__file__), timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    lines = [
+        f"command: visattn bench {' '.join(argv[2:] if argv[1:2] == ['bench'] else argv[1:])}",
+        f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"commit: {commit}",
+        f"machine: {cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}",
+        f"device: {device}, torch threads: {threads or torch.get_num_threads()}",
+        f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
+        f"visattn {visattn.__version__}",
+    ]
+    if torch.cuda.is_available():
+        lines.append(f"gpu: {torch.cuda.get_device_name()}")
+    return "\n".join(lines) + "\n"
 
 
 def _slope(rows: list[dict], name: str, metric: str) -> str:
