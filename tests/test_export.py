@@ -30,6 +30,22 @@ CASES = {
     "mvitv2_tiny": ({"dims": (16, 32, 48, 64), "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4), "img_size": (64, 64),
                      "num_classes": 5},
                     [(2, 64, 64), (1, 97, 203), (3, 32, 32)]),
+    # video, (B, T, H, W): frames dynamic too; T = 1 with 32 x 32 leaves a 1 x 1 x 1 last map, 7 x 45 x 71 odd
+    # pooled sizes; v1 interpolates its absolute position embeddings, v2 its 3-D relative position tables
+    "mvit_v1_base_16x4": ({"dims": (16, 32, 48, 64), "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4),
+                           "img_size": (4, 64, 64), "num_classes": 5},
+                          [(2, 4, 64, 64), (1, 7, 45, 71), (3, 1, 32, 32)]),
+    "mvitv2_small_video": ({"dims": (16, 32, 48, 64), "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4),
+                            "img_size": (4, 64, 64), "num_classes": 5},
+                           [(2, 4, 64, 64), (1, 7, 45, 71), (3, 1, 32, 32)]),
+    # 4 layers: shifted windows and stripes, horizontal and vertical stripes, fixed and grouped stripe axes (the
+    # grouped stripe size is symbolic), CAB, pixelshuffle x2. Inputs pad to multiples of 16: 37 x 53 reflect-pads,
+    # 8 x 13 falls back to zero padding (pad >= size), 32 x 48 divides every window and stripe.
+    "grl_tiny": ({"embed_dim": 36, "depths": (4,), "num_heads_window": (3,), "num_heads_stripe": (3,),
+                  "window_size": 4, "stripe_size": (16, None), "stripe_groups": (None, 2), "anchor_down_factor": 2,
+                  "local_connection": True, "upscale": 2, "upsampler": "pixelshuffle", "upsample_features": 8,
+                  "cpb_hidden": 16},
+                 [(2, 32, 48), (1, 37, 53), (3, 8, 13)]),
 }
 
 TOL = 1e-4
@@ -48,7 +64,7 @@ def _model(name: str) -> nn.Module:
 
 def _inputs(model: nn.Module, name: str) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
-    return [torch.randn(b, model.config.in_chans, h, w, generator=gen) for b, h, w in CASES[name][1]]
+    return [torch.randn(b, model.config.in_chans, *size, generator=gen) for b, *size in CASES[name][1]]  # 4/5-D
 
 
 @pytest.mark.slow
@@ -107,6 +123,20 @@ def test_size_dependent_branch_is_refused_with_the_dimension():
         assert torch.allclose(program(x), model(x))
     with pytest.raises((RuntimeError, AssertionError)):             # and another size is rejected, not wrong
         program(torch.randn(2, 3, x.shape[-2], x.shape[-1] + 1))
+
+
+class _FrameBranch(_SizeBranch):
+    """A video module (B, C, T, H, W) that branches on the frame count."""
+
+    input_ndim = 5
+
+    def forward(self, x):
+        return x * 2 if x.shape[2] % 2 else x
+
+
+def test_video_frame_branch_is_refused_naming_frames():
+    with pytest.raises(ValueError, match="dynamic frames"):
+        export_program(_FrameBranch())
 
 
 def test_fewshot_models_are_refused_clearly():

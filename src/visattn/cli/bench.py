@@ -154,7 +154,7 @@ def environment_report(argv: list[str], device: object, threads: int | None) -> 
     import visattn
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
                                 cwd=os.path.dirname(visattn.__file__), timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
@@ -170,8 +170,8 @@ def environment_report(argv: list[str], device: object, threads: int | None) -> 
         f"commit: {commit}",
         f"machine: {cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}",
         f"device: {device}, torch threads: {threads or torch.get_num_threads()}",
-        f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
-        f"visattn {visattn.__version__}",
+        (f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
+         f"visattn {visattn.__version__}"),
     ]
     if torch.cuda.is_available():
         lines.append(f"gpu: {torch.cuda.get_device_name()}")

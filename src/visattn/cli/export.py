@@ -4,8 +4,8 @@
     visattn export maxvit_tiny --format torch-export --checkpoint runs/digits --out maxvit.pt2
     visattn export davit_tiny --format onnx --no-dynamic-size --size 224 --out davit_224.onnx
 
-Batch, height and width are dynamic by default (``--no-dynamic-size`` fixes height and width to ``--size``). The
-exported graph is run once at the tracing size and compared with eager PyTorch before the command reports success.
+Batch, height and width (and frames, for video models) are dynamic by default (``--no-dynamic-size`` fixes the
+sizes). The exported graph is run once at the tracing size and compared with eager PyTorch before the command reports success.
 Models whose code would freeze a dynamic size are refused with the dimension and the reason.
 """
 
@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         reference = model.to(example.dtype)(example).float()
         got = torch.as_tensor(run_exported(example)).float()
     diff = (got - reference).abs().max().item()
-    dims = "batch, height, width" if args.dynamic_size else f"batch ({example.shape[-2]}x{example.shape[-1]} fixed)"
+    sizes = "frames, height, width" if example.ndim == 5 else "height, width"         # video input: (B, C, T, H, W)
+    fixed = "x".join(str(n) for n in example.shape[2:])
+    dims = f"batch, {sizes}" if args.dynamic_size else f"batch ({fixed} fixed)"
     log.info(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.format}, {args.dtype}, dynamic: {dims}); "
              f"max |exported - eager| at {example.shape[-2]}x{example.shape[-1]}: {diff:.2e}")
     return 0
