@@ -162,3 +162,14 @@ def test_show_attention_png_exact_and_fallback(capsys: pytest.CaptureFixture, tm
     assert main([*common, "--query", "12,20", "--layers", "none*", "--stage", "1", "--out", str(tmp_path / "b.png")]) == 0
     assert "stage 1" in capsys.readouterr().out
     assert (tmp_path / "b.png").read_bytes()[:8] == PNG
+
+
+def test_set_values_parse_like_config_fields() -> None:
+    from visattn.cli._common import parse_overrides
+
+    assert parse_overrides(["dims=32,64", "depths=[1,2]", "drop_path_rate=0.1", "stripe_groups=None,2",
+                            "stripe_size=null", "name=a"]) == {
+        "dims": (32, 64), "depths": (1, 2), "drop_path_rate": 0.1, "stripe_groups": (None, 2), "stripe_size": None,
+        "name": "a"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["dims"])

@@ -10,7 +10,10 @@ __all__ = ["add_runtime_args", "apply_runtime", "parse_overrides", "parse_sizes"
 
 
 def _value(text: str) -> Any:
-    # JSON first (numbers, true/false, null, lists), then comma lists -> tuples, then plain strings.
+    # JSON first (numbers, true/false, null, lists), then comma lists -> tuples, then plain strings; Python's
+    # spelling None is null (config fields such as stripe_groups=None,2 take it).
+    if text == "None":
+        return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
