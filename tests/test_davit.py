@@ -164,3 +164,21 @@ def test_stage_map_sizes(size: tuple[int, int]) -> None:
     expected = [(-(-size[0] // r), -(-size[1] // r)) for r in (4, 8, 16, 32)]
     assert [tuple(f.shape[-2:]) for f in feats] == expected
     assert all(torch.isfinite(f).all() for f in feats)
+
+
+@pytest.mark.parametrize("size", [(14, 21), (13, 23)])
+def test_spatial_window_training_path_equals_inference_path(size):
+    # with autograd on, the projection runs per window before the partition is undone (less saved for backward);
+    # it must give the inference path's output, padding included (13 x 23 pads to 14 x 28 with window 7)
+    from visattn.attention.spatial_window import SpatialWindowAttention
+
+    torch.manual_seed(0)
+    attn = SpatialWindowAttention(32, num_heads=2, window_size=7).eval()
+    x = torch.randn(2, *size, 32)
+    with torch.no_grad():
+        expected = attn.forward_cl(x)
+    got = attn.forward_cl(x.requires_grad_())
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -13,6 +13,7 @@ that (used for weight-for-weight parity at sizes that need padding). For sizes t
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..layers.attend import attend, key_padding_bias
@@ -27,6 +28,7 @@ from ..layers.partition import (
     to_2tuple,
     valid_token_mask,
     window_partition,
+    window_reverse,
 )
 from ..registry import register_attention
 
@@ -76,6 +78,15 @@ class SpatialWindowAttention(nn.Module):
             bias = key_padding_bias(valid, q.dtype)                           # (nWin, 1, 1, N)
             bias = bias.repeat(B, 1, 1, 1)                                    # (B*nWin, 1, 1, N)
         out = attend(q, k, v, bias=bias)                                      # (B*nWin, heads, N, hd)
+        if torch.is_grad_enabled() and not is_symbolic(H, W):
+            # Training: project per window, as timm does. SDPA's output is laid out (B*nWin, N, heads, hd) in memory,
+            # so merging the heads is a view and the projection saves no extra copy for backward (the one-permute
+            # path below saved one (B, H, W, C) map per block: +21 MiB, 2%, on davit_tiny at batch 8).
+            out = linear(out.transpose(1, 2).reshape(-1, N, C), self.proj)  # (B*nWin, N, C)
+            out = window_reverse(out.view(-1, p0, p1, C), self.window_size, (Hp, Wp))  # (B, Hp, Wp, C)
+            if needs_padding(pad):
+                out = out[:, :H, :W]
+            return self.proj_drop(out)
         # Merging the heads and undoing the partition is one permute, so one copy instead of two.
         out = out.view(B, nH, nW, self.num_heads, p0, p1, self.head_dim)     # (B, nH, nW, heads, p0, p1, hd)
         out = symbolic_reshape(out.permute(0, 1, 4, 2, 5, 3, 6), (B, Hp, Wp, C))  # (B, Hp, Wp, C)
