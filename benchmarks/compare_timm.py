@@ -23,6 +23,7 @@ Everything is measured side by side in one process on the same weights (timm's r
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -103,7 +104,9 @@ def training(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor, ar
     out = {}
     for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         fns = {}
-        for key, model in (("timm", theirs), ("ours", ours)):
+        # copies: the steps change weights and BatchNorm statistics (momentum 0.1 in timm, 0.01 in visattn), which
+        # would leave the models no longer equal for the comparisons that follow
+        for key, model in (("timm", copy.deepcopy(theirs)), ("ours", copy.deepcopy(ours))):
             model.train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
             fns[key] = lambda m=model, o=opt, d=dtype: train_step(m, o, x, y, d)
