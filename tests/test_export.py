@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from visattn import create_model
-from visattn.export import example_input, export_program, load_torch_export, to_onnx, to_torch_export
+from visattn.export import example_input, example_inputs, export_program, load_torch_export, to_onnx, to_torch_export
 
 # name -> (overrides: smaller than test_overrides, still every padding / partition path), three (B, H, W) sizes:
 # the first divides every partition, the others need padding (odd sizes, one at the minimum size).
@@ -139,11 +139,82 @@ def test_video_frame_branch_is_refused_naming_frames():
         export_program(_FrameBranch())
 
 
-def test_fewshot_models_are_refused_clearly():
+# CAT-Net (few-shot): three inputs, query x (B, C, H, W), support (B, K, C, Hs, Ws), support_mask (B, K, Hs, Ws);
+# batch, shot count, query size and support size all dynamic. A tiny ResNet (output stride 8, dilated layer3 / 4),
+# MIFE and two CMAT modules with both cross directions and the hard (thresholded) query mask, the default.
+CATNET = {"depths": (1, 1, 1, 1), "widths": (4, 4, 8, 8), "stem_width": 8, "dim": 16, "num_heads": 2,
+          "num_iters": 2, "mlp_ratio": 2.0}
+# (B, K, H, W, Hs, Ws): support sizes of their own; odd sizes (the mask pooling bins differ in length), batch 1
+# with one shot, and the minimum size 32.
+CATNET_SIZES = [(2, 2, 64, 64, 64, 64), (1, 1, 97, 203, 45, 71), (3, 3, 32, 45, 33, 32)]
+
+
+def _catnet() -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model("catnet_r50", **CATNET).eval()
+    for module in model.modules():                                     # PyTorch's default init, as in _model
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.reset_parameters()
+    return model
+
+
+def _catnet_inputs() -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    sets = []
+    for b, k, h, w, hs, ws in CATNET_SIZES:
+        mask = (torch.rand(b, k, hs, ws, generator=gen) > 0.6).float()
+        mask[..., hs // 3, ws // 2] = 1                                 # never empty
+        x = torch.randn(b, 3, h, w, generator=gen)
+        sets.append({"x": x, "support": torch.randn(b, k, 3, hs, ws, generator=gen), "support_mask": mask})
+    return sets
+
+
+def _eager(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(inputs["x"], support=inputs["support"], support_mask=inputs["support_mask"])
+
+
+@pytest.mark.slow
+def test_catnet_onnx_all_inputs_dynamic_match_eager(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = _catnet()
+    path = to_onnx(model, tmp_path / "catnet.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x", "support", "support_mask"]
+    support_shape = session.get_inputs()[1].shape                       # (B, K, 3, Hs, Ws): all but C symbolic
+    assert [isinstance(d, str) for d in support_shape] == [True, True, False, True, True], support_shape
+    with torch.no_grad():
+        for inputs in _catnet_inputs():
+            expected = _eager(model, inputs)
+            got = torch.from_numpy(session.run(None, {n: t.numpy() for n, t in inputs.items()})[0])
+            assert got.shape == expected.shape == (inputs["x"].shape[0], 3, *inputs["x"].shape[-2:])
+            assert expected.abs().max().item() > 0.1
+            assert (got - expected).abs().max().item() <= TOL, tuple(inputs["support"].shape)
+
+
+@pytest.mark.slow
+def test_catnet_torch_export_round_trip(tmp_path):
+    model = _catnet()
+    to_torch_export(model, tmp_path / "catnet.pt2")
+    program = load_torch_export(tmp_path / "catnet.pt2").module()
+    with torch.no_grad():
+        for inputs in _catnet_inputs():
+            expected = _eager(model, inputs)
+            got = program(inputs["x"], inputs["support"], inputs["support_mask"])
+            assert got.shape == expected.shape
+            assert expected.abs().max().item() > 0.1
+            assert (got - expected).abs().max().item() <= TOL, tuple(inputs["support"].shape)
+
+
+def test_catnet_example_inputs_are_valid_and_checked_by_name():
     with torch.device("meta"):
         model = create_model("catnet_r50")
-    with pytest.raises(ValueError, match="support images"):
-        export_program(model)
+    inputs = example_inputs(model)
+    assert list(inputs) == ["x", "support", "support_mask"]
+    B, K = inputs["support"].shape[:2]
+    assert inputs["support_mask"].shape == (B, K, *inputs["support"].shape[-2:])
+    assert inputs["support_mask"].flatten(2).amax(-1).min() == 1       # no empty mask
+    with pytest.raises(ValueError, match="support_mask"):
+        export_program(model, {"x": inputs["x"], "support": inputs["support"]})
 
 
 def test_bad_dtype_is_refused():
@@ -163,6 +234,20 @@ def test_cli_export_torch_program(tmp_path, capsys):
     assert "max |exported - eager|" in capsys.readouterr().err
     program = load_torch_export(out).module()
     assert program(torch.randn(1, 3, 33, 70)).shape == (1, 5)
+
+
+@pytest.mark.slow
+def test_cli_export_fewshot_model_with_support_inputs(tmp_path, capsys):
+    from visattn.cli import main
+
+    out = tmp_path / "catnet.pt2"
+    sets = ["depths=1,1,1,1", "widths=4,4,8,8", "stem_width=8", "dim=16", "num_heads=2", "num_iters=2"]
+    argv = ["export", "catnet_r50", "--format", "torch-export", "--out", str(out)]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    assert "shots, support height, width" in capsys.readouterr().err
+    inputs = _catnet_inputs()[1]                                        # batch 1, one shot, another support size
+    program = load_torch_export(out).module()
+    assert program(inputs["x"], inputs["support"], inputs["support_mask"]).shape == (1, 3, 97, 203)
 
 
 def test_cli_export_refuses_a_missing_output_folder(tmp_path, capsys):

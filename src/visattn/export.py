@@ -13,6 +13,12 @@ size becomes a Python int. A size-dependent branch that slipped through shows up
 which :func:`export_program` turns into a ``ValueError`` naming the dimension that would be frozen, instead of a
 graph that is silently wrong at other sizes.
 
+Few-shot models (``task == "fewshot"``, CAT-Net) take three inputs, all named in the ONNX graph: the query ``x``
+(B, C, H, W), the support images ``support`` (B, K, C, Hs, Ws) and their masks ``support_mask`` (B, K, Hs, Ws) in
+[0, 1]. The shot count K follows ``dynamic_batch`` and the support size ``dynamic_size`` (independent of the query's);
+:func:`example_inputs` builds a valid set. Eager input value checks (mask range, no empty mask) do not run in the
+traced graph: an exported program trusts its inputs.
+
 The export runs with ``torch.fx.experimental._config.backed_size_oblivious``: reshapes and broadcasts then do not
 specialise a dimension on whether it is 1 (one window, batch 1); the generic code they trace is valid for 1 too,
 and the tests run the exported graphs at sizes with a single window and at batch 1.
@@ -29,12 +35,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DTYPES", "example_input", "export_program", "load_torch_export", "to_onnx", "to_torch_export"]
+__all__ = ["DTYPES", "example_input", "example_inputs", "export_program", "load_torch_export", "to_onnx",
+           "to_torch_export"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Upper bound given to the dynamic height / width (the shape solver wants a finite range).
 MAX_SIZE = 8192
 MAX_FRAMES = 4096  # likewise for the frame count of video models (input (B, C, T, H, W))
+MAX_SHOTS = 1024  # likewise for the support images per query of few-shot models
 ONNX_OPSET = 18
 
 
@@ -60,19 +68,73 @@ def example_input(model: nn.Module, *, batch: int = 2, size: tuple[int, int] | N
     return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
-def _dynamic_shapes(model: nn.Module, x: Tensor, dynamic_size: bool, dynamic_batch: bool) -> dict[str, Any]:
+def _is_fewshot(model: nn.Module) -> bool:
+    return getattr(model, "task", "classification") == "fewshot"
+
+
+def example_inputs(model: nn.Module, *, batch: int = 2, size: tuple[int, int] | None = None, shots: int = 2,
+                   support_size: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32
+                   ) -> dict[str, Tensor]:
+    """Every input of ``model`` by name: ``{"x": example_input(...)}``, and for few-shot models also ``support``
+    (B, K, C, Hs, Ws) and ``support_mask`` (B, K, Hs, Ws), binary and never empty.
+
+    The support size defaults to one that differs from the query's (the two are independent dimensions), K to 2
+    (not 1, which torch.export would specialise).
+    """
+    x = example_input(model, batch=batch, size=size, dtype=dtype)
+    if not _is_fewshot(model):
+        return {"x": x}
+    H, W = x.shape[-2:]
+    Hs, Ws = support_size if support_size is not None else (H + 4, W - 2)
+    gen = torch.Generator().manual_seed(1)
+    support = torch.randn(batch, shots, x.shape[1], Hs, Ws, generator=gen).to(dtype)
+    mask = (torch.rand(batch, shots, Hs, Ws, generator=gen) > 0.5).to(dtype)
+    mask[..., 0, 0] = 1                                                # a support mask must not be empty
+    return {"x": x, "support": support, "support_mask": mask}
+
+
+def _as_inputs(model: nn.Module, example: Tensor | dict[str, Tensor] | None, dtype: torch.dtype) -> dict[str, Tensor]:
+    """The tracing inputs by name: the default set, the given dict, or a query tensor completed by the defaults."""
+    if example is None:
+        return example_inputs(model, dtype=dtype)
+    if isinstance(example, Tensor):
+        if not _is_fewshot(model):
+            return {"x": example.to(dtype)}
+        inputs = example_inputs(model, batch=example.shape[0], size=tuple(example.shape[-2:]), dtype=dtype)
+        return {**inputs, "x": example.to(dtype)}
+    names = ("x", "support", "support_mask") if _is_fewshot(model) else ("x",)
+    if set(example) != set(names):
+        raise ValueError(f"{type(model).__name__} takes the inputs {names}, got {tuple(example)}")
+    return {name: example[name].to(dtype) for name in names}
+
+
+def _dynamic_shapes(model: nn.Module, inputs: dict[str, Tensor], dynamic_size: bool,
+                    dynamic_batch: bool) -> dict[str, Any]:
     from torch.export import Dim
 
+    x = inputs["x"]
+    low = max(getattr(model, "min_input_size", 1), 1)
     dims: dict[int, Any] = {}
+    batch = Dim("batch", min=1, max=1 << 16) if dynamic_batch else None
     if dynamic_batch:
-        dims[0] = Dim("batch", min=1, max=1 << 16)
+        dims[0] = batch
     if dynamic_size:
-        low = max(getattr(model, "min_input_size", 1), 1)
         dims[x.ndim - 2] = Dim("height", min=low, max=MAX_SIZE)
         dims[x.ndim - 1] = Dim("width", min=low, max=MAX_SIZE)
         if x.ndim == 5:
             dims[2] = Dim("frames", min=max(getattr(model, "min_input_frames", 1), 1), max=MAX_FRAMES)
-    return {"x": dims}
+    if not _is_fewshot(model):
+        return {"x": dims}
+    # support (B, K, C, Hs, Ws) and support_mask (B, K, Hs, Ws): one batch, one shot count, one support size.
+    support: dict[int, Any] = {}
+    if dynamic_batch:
+        support[0] = batch
+        support[1] = Dim("shots", min=1, max=MAX_SHOTS)
+    if dynamic_size:
+        support[3] = Dim("support_height", min=low, max=MAX_SIZE)
+        support[4] = Dim("support_width", min=low, max=MAX_SIZE)
+    mask = {(i if i < 2 else i - 1): d for i, d in support.items()}
+    return {"x": dims, "support": support, "support_mask": mask}
 
 
 @contextlib.contextmanager
@@ -111,10 +173,14 @@ class _Forward(nn.Module):
         return self.model(x)
 
 
+class _FewShotForward(_Forward):
+    """``model(x, support=..., support_mask=...)`` with three positional inputs (the exported graph's names)."""
+
+    def forward(self, x: Tensor, support: Tensor, support_mask: Tensor) -> Tensor:
+        return self.model(x, support=support, support_mask=support_mask)
+
+
 def _prepare(model: nn.Module, dtype: str | torch.dtype) -> tuple[nn.Module, torch.dtype]:
-    if getattr(model, "task", "classification") == "fewshot":
-        raise ValueError(f"{type(model).__name__} takes support images and masks besides the query; export of "
-                         "few-shot models is not supported (export the backbone instead)")
     dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
@@ -127,7 +193,8 @@ def _explain(model: nn.Module, err: Exception) -> ValueError:
     """A constraint violation as a user-facing error naming the dimension that would be frozen."""
     text = str(err)
     lines = [line for line in text.splitlines() if "satisf" in line or "specializ" in line]
-    frozen = [d for d in ("batch", "frames", "height", "width") if any(f" {d} " in line for line in lines)]
+    names = ("batch", "shots", "frames", "height", "width", "support_height", "support_width")
+    frozen = [d for d in names if any(f" {d} " in line for line in lines)]
     which = ", ".join(frozen) if frozen else "a dynamic dimension"
     first = lines[0].strip(" -") if lines else ""
     return ValueError(
@@ -136,37 +203,42 @@ def _explain(model: nn.Module, err: Exception) -> ValueError:
         "fixed size, or report this as a bug.")
 
 
-def export_program(model: nn.Module, example: Tensor | None = None, *, dynamic_size: bool = True,
+def export_program(model: nn.Module, example: Tensor | dict[str, Tensor] | None = None, *, dynamic_size: bool = True,
                    dynamic_batch: bool = True, dtype: str | torch.dtype = "fp32") -> torch.export.ExportedProgram:
     """Trace ``model`` (eval mode) with ``torch.export``.
 
     Args:
         model: a visattn model (or any module taking one image tensor).
         example: the tracing input; default :func:`example_input`. With ``dynamic_size=False`` its height and width
-            are the only ones the program accepts.
+            are the only ones the program accepts. Few-shot models take a dict (see :func:`example_inputs`); a query
+            tensor alone gets random support images and masks of another size, 2 shots.
         dynamic_size: height and width symbolic (from ``model.min_input_size`` up to 8192), and for video input
-            (B, C, T, H, W) the frame count too (from ``model.min_input_frames``, default 1, up to 4096).
-        dynamic_batch: batch size symbolic.
+            (B, C, T, H, W) the frame count too (from ``model.min_input_frames``, default 1, up to 4096); for
+            few-shot models the support height and width too.
+        dynamic_batch: batch size symbolic, and the shot count of few-shot models (1 to 1024).
         dtype: "fp32", "bf16" or "fp16" (the model and the input are cast).
 
     Raises:
         ValueError: the model cannot be traced with the requested dynamic dimensions (the message names them).
     """
     model, dtype = _prepare(model, dtype)
-    x = example_input(model, dtype=dtype) if example is None else example.to(dtype)
-    shapes = _dynamic_shapes(model, x, dynamic_size, dynamic_batch)
+    inputs = _as_inputs(model, example, dtype)
+    shapes = _dynamic_shapes(model, inputs, dynamic_size, dynamic_batch)
+    wrapper = _FewShotForward(model) if _is_fewshot(model) else _Forward(model)
     try:
         with torch.no_grad(), _size_oblivious(), _NchwConvInputs():
-            return torch.export.export(_Forward(model), (x,), dynamic_shapes=shapes, strict=False)
+            return torch.export.export(wrapper, tuple(inputs.values()), dynamic_shapes=shapes, strict=False)
     except torch._dynamo.exc.UserError as err:
         raise _explain(model, err) from err
 
 
-def to_torch_export(model: nn.Module, path: str | Path, *, example: Tensor | None = None, dynamic_size: bool = True,
-                    dynamic_batch: bool = True, dtype: str | torch.dtype = "fp32") -> torch.export.ExportedProgram:
+def to_torch_export(model: nn.Module, path: str | Path, *, example: Tensor | dict[str, Tensor] | None = None,
+                    dynamic_size: bool = True, dynamic_batch: bool = True,
+                    dtype: str | torch.dtype = "fp32") -> torch.export.ExportedProgram:
     """Export ``model`` (see :func:`export_program`) and save the program to ``path`` (``torch.export.save``).
 
-    Load it back with :func:`load_torch_export`; ``program.module()(x)`` runs it.
+    Load it back with :func:`load_torch_export`; ``program.module()(x)`` runs it (few-shot models:
+    ``program.module()(x, support, support_mask)``).
     """
     program = export_program(model, example, dynamic_size=dynamic_size, dynamic_batch=dynamic_batch, dtype=dtype)
     path = Path(path)
@@ -181,9 +253,12 @@ def load_torch_export(path: str | Path) -> torch.export.ExportedProgram:
     return torch.export.load(Path(path))
 
 
-def to_onnx(model: nn.Module, path: str | Path, dynamic_size: bool = True, *, example: Tensor | None = None,
-            dynamic_batch: bool = True, dtype: str | torch.dtype = "fp32", opset: int = ONNX_OPSET) -> Path:
+def to_onnx(model: nn.Module, path: str | Path, dynamic_size: bool = True, *,
+            example: Tensor | dict[str, Tensor] | None = None, dynamic_batch: bool = True,
+            dtype: str | torch.dtype = "fp32", opset: int = ONNX_OPSET) -> Path:
     """Export ``model`` to an ONNX file with input ``x`` and output ``y``; batch, height and width dynamic.
+
+    Few-shot models have the inputs ``x``, ``support`` and ``support_mask`` (see :func:`example_inputs`).
 
     The graph comes from the same ``torch.export`` trace (:func:`export_program`), converted by
     ``torch.onnx.export(..., dynamo=True)`` (needs the ``onnx`` and ``onnxscript`` packages). Returns ``path``.
@@ -196,8 +271,9 @@ def to_onnx(model: nn.Module, path: str | Path, dynamic_size: bool = True, *, ex
         program = export_program(model, example, dynamic_size=dynamic_size, dynamic_batch=dynamic_batch, dtype=dtype)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.onnx")
+    names = ["x", "support", "support_mask"] if _is_fewshot(model) else ["x"]
     with _size_oblivious():                                            # ONNX decompositions re-trace the program
-        onnx_program = torch.onnx.export(program, input_names=["x"], output_names=["y"], opset_version=opset,
+        onnx_program = torch.onnx.export(program, input_names=names, output_names=["y"], opset_version=opset,
                                          dynamo=True, external_data=False, verbose=False)
     onnx_program.save(tmp)
     tmp.replace(path)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..layers.attend import attend
 from ..layers.checks import check_image
+from ..layers.partition import symbolic_reshape
 from ..registry import register_attention
 
 __all__ = ["MaskedMultiheadAttention", "CrossMaskedAttention", "mask_bias"]
@@ -60,7 +61,7 @@ class MaskedMultiheadAttention(nn.Module):
         k, v = self.kv(context).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, M, hd)
         bias = None if key_mask is None else mask_bias(key_mask, q.dtype)
         out = attend(q, k, v, bias=bias)                               # (B, nh, N, hd)
-        out = self.proj(out.transpose(1, 2).reshape(B, N, C))          # (B, N, C)
+        out = self.proj(symbolic_reshape(out.transpose(1, 2), (B, N, C)))  # (B, N, C)
         if key_mask is not None:
             # An all-background context has nothing to give: zero, not a uniform average of background pixels.
             out = out * (key_mask > 0).any(dim=1).to(out.dtype)[:, None, None]
@@ -127,7 +128,7 @@ class CrossMaskedAttention(nn.Module):
         tokens = self.self_attend(x.flatten(2).transpose(1, 2))        # (B, H*W, C)
         ctx = tokens if context is None else context.flatten(2).transpose(1, 2)  # (B, Hc*Wc, C)
         out = self.cross_attend(tokens, ctx, mask)                     # (B, H*W, C)
-        return out.transpose(1, 2).reshape(B, C, H, W)
+        return symbolic_reshape(out.transpose(1, 2), (B, C, H, W))     # (B, C, H, W)
 
     @staticmethod
     def example_kwargs() -> dict[str, int]:

@@ -6,7 +6,10 @@
 
 Batch, height and width (and frames, for video models) are dynamic by default (``--no-dynamic-size`` fixes the
 sizes). The exported graph is run once at the tracing size and compared with eager PyTorch before the command reports success.
-Models whose code would freeze a dynamic size are refused with the dimension and the reason.
+Models whose code would freeze a dynamic size are refused with the dimension and the reason. Few-shot models
+(CAT-Net) are traced with random support images (2 shots, a size of their own) and masks; the graph's inputs are
+``x``, ``support`` (B, K, C, Hs, Ws) and ``support_mask`` (B, K, Hs, Ws), the shot count and support size dynamic
+too.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
         model = create_model(args.name, **overrides)
     model.eval()
     size = parse_sizes(args.size)[0] if args.size else None
-    example = ex.example_input(model, size=size, dtype=ex.DTYPES[args.dtype])
+    inputs = ex.example_inputs(model, size=size, dtype=ex.DTYPES[args.dtype])     # {"x": query, ...}
+    example = inputs["x"]
     out = Path(args.out)
     if out.parent and not out.parent.exists():
         raise OSError(f"output folder {out.parent} does not exist")
-    kwargs = {"example": example, "dynamic_size": args.dynamic_size, "dtype": args.dtype}
+    kwargs = {"example": inputs, "dynamic_size": args.dynamic_size, "dtype": args.dtype}
     if args.format == "onnx":
         ex.to_onnx(model, out, opset=args.opset, **kwargs)
         if args.dtype == "bf16":  # measured: onnxruntime 1.31's CPU provider rejects bf16 Conv; nothing to check with
@@ -65,12 +69,15 @@ def run(args: argparse.Namespace) -> int:
         program = ex.load_torch_export(out)
         run_exported = program.module()
     with torch.no_grad():
-        reference = model.to(example.dtype)(example).float()
-        got = torch.as_tensor(run_exported(example)).float()
+        extra = {name: t for name, t in inputs.items() if name != "x"}           # few-shot: support, support_mask
+        reference = model.to(example.dtype)(example, **extra).float()
+        got = torch.as_tensor(run_exported(*inputs.values())).float()
     diff = (got - reference).abs().max().item()
     sizes = "frames, height, width" if example.ndim == 5 else "height, width"         # video input: (B, C, T, H, W)
     fixed = "x".join(str(n) for n in example.shape[2:])
     dims = f"batch, {sizes}" if args.dynamic_size else f"batch ({fixed} fixed)"
+    if "support" in inputs:                                                      # few-shot: the support inputs too
+        dims += ", shots, support height, width" if args.dynamic_size else ", shots"
     log.info(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.format}, {args.dtype}, dynamic: {dims}); "
              f"max |exported - eager| at {example.shape[-2]}x{example.shape[-1]}: {diff:.2e}")
     return 0
@@ -84,7 +91,9 @@ def _onnx_runner(path):
         raise RuntimeError("checking the ONNX file needs onnxruntime: pip install onnxruntime") from err
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    def run(x):
-        return session.run(None, {"x": x.cpu().numpy()})[0]
+    names = [i.name for i in session.get_inputs()]                        # x (and support, support_mask)
+
+    def run(*tensors):
+        return session.run(None, {n: t.cpu().numpy() for n, t in zip(names, tensors)})[0]
 
     return run

@@ -68,6 +68,7 @@ from torch.utils.checkpoint import checkpoint
 from ..attention.cross_masked import CrossMaskedAttention
 from ..layers.checks import check_image
 from ..layers.mlp import Mlp
+from ..layers.partition import is_symbolic, symbolic_reshape
 from ..layers.resnet import ResNet, resnet_remap_state_dict
 from ..registry import register_models
 
@@ -109,11 +110,57 @@ def prior_mask(query: Tensor, support: Tensor, mask: Tensor, shots: int) -> Tens
     B, _, C = query.shape
     q = F.normalize(query, dim=-1)
     s = F.normalize(support * (mask[..., None] > 0), dim=-1)           # background pixels -> zero vectors
-    s = s.view(B, shots, -1, C)                                        # (B, K, Ns, C)
-    sim = torch.einsum("bqc,bksc->bkqs", q, s)                         # (B, K, Nq, Ns)
-    best = sim.amax(dim=-1)                                            # (B, K, Nq)
+    if is_symbolic(*query.shape, *support.shape):
+        # Traced (torch.export / ONNX): one bmm over a contiguous copy; einsum folds its batch dimensions with
+        # reshapes that guard on sizes not being 1.
+        s = symbolic_reshape(s, (B, -1, C))                            # (B, K*Ns, C)
+        sim = torch.bmm(q, s.transpose(1, 2))                          # (B, Nq, K*Ns)
+        best = sim.view(B, sim.shape[1], shots, -1).amax(dim=-1).transpose(1, 2)  # (B, K, Nq)
+    else:
+        s = s.view(B, shots, -1, C)                                    # (B, K, Ns, C)
+        sim = torch.einsum("bqc,bksc->bkqs", q, s)                     # (B, K, Nq, Ns)
+        best = sim.amax(dim=-1)                                        # (B, K, Nq)
     lo, hi = best.amin(dim=-1, keepdim=True), best.amax(dim=-1, keepdim=True)
     return ((best - lo) / (hi - lo + 1e-7)).mean(dim=1)                # (B, Nq)
+
+
+def repeat_shots(x: Tensor, shots: int) -> Tensor:
+    """Each sample once per shot, ``x.repeat_interleave(shots, dim=0)``. Shape: (B, ...) -> (B*K, ...).
+
+    Traced with a symbolic shot count it is an expand and a reshape of a contiguous copy (the same values).
+    """
+    if not is_symbolic(shots, *x.shape):
+        return x.repeat_interleave(shots, dim=0)
+    x = x[:, None].expand(x.shape[0], shots, *x.shape[1:])            # (B, K, ...)
+    return symbolic_reshape(x, (-1, *x.shape[2:]))                     # (B*K, ...)
+
+
+def area_fractions(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Adaptive average pooling of masks to ``size``: each feature pixel's foreground fraction.
+
+    Shape: (N, 1, Hs, Ws) -> (N, 1, h, w). Traced with symbolic sizes it multiplies by the bin-averaging matrices
+    instead: PyTorch's decomposition of ``adaptive_avg_pool2d`` branches on whether the sizes divide (guards that
+    would freeze them), and ONNX has no adaptive pooling to other than 1 x 1. The bins are the same,
+    ``[floor(i * Hs / h), ceil((i + 1) * Hs / h))``, so the values agree to rounding.
+    """
+    if not is_symbolic(*mask.shape, *size):
+        return F.adaptive_avg_pool2d(mask, size)
+    N, _, Hs, Ws = mask.shape
+    h, w = size
+    rows = torch.mm(mask.reshape(N * Hs, Ws), _bin_average(Ws, w, mask).t())     # (N*Hs, w)
+    rows = rows.view(N, Hs, w).transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (N, w, Hs)
+    pooled = torch.mm(rows.view(N * w, Hs), _bin_average(Hs, h, mask).t())        # (N*w, h)
+    return pooled.view(N, w, h).transpose(1, 2).clone(memory_format=torch.contiguous_format)[:, None]  # (N, 1, h, w)
+
+
+def _bin_average(size_in: int, size_out: int, like: Tensor) -> Tensor:
+    """(size_out, size_in) matrix whose row i averages adaptive pooling's bin i of a length-``size_in`` axis."""
+    i = torch.arange(size_out, device=like.device)
+    start = torch.div(i * size_in, size_out, rounding_mode="floor")
+    end = torch.div((i + 1) * size_in + size_out - 1, size_out, rounding_mode="floor")
+    j = torch.arange(size_in, device=like.device)
+    inside = (j[None] >= start[:, None]) & (j[None] < end[:, None])    # (size_out, size_in)
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
 
 
 class PrototypeSegmentation(nn.Module):
@@ -158,13 +205,13 @@ class CMAT(nn.Module):
         mq = (prob > 0.5).to(fq.dtype) if self.query_mask == "hard" else prob
         q = self.attn_q.self_attend(fq)
         s = self.attn_s.self_attend(fs)
-        s_all, ms_all = s.reshape(B, -1, C), ms.reshape(B, -1)         # (B, K*Ns, C), (B, K*Ns): all shots' tokens
+        s_all, ms_all = symbolic_reshape(s, (B, -1, C)), ms.reshape(B, -1)  # (B, K*Ns, C), (B, K*Ns): all shots
         q_new = self.attn_q.cross_attend(q, s_all, ms_all)             # S->Q
-        q_rep = q.repeat_interleave(K, dim=0)                          # (B*K, Nq, C)
-        s_new = self.attn_s.cross_attend(s, q_rep, mq.repeat_interleave(K, dim=0))  # Q->S
+        q_rep = repeat_shots(q, K)                                     # (B*K, Nq, C)
+        s_new = self.attn_s.cross_attend(s, q_rep, repeat_shots(mq, K))  # Q->S
         q_new = self.norm_q(q_new + self.mlp_q(q_new))
         s_new = self.norm_s(s_new + self.mlp_s(s_new))
-        logits = self.proto(q_new, s_new.reshape(B, -1, C), ms_all)
+        logits = self.proto(q_new, symbolic_reshape(s_new, (B, -1, C)), ms_all)  # support: (B, K*Ns, C)
         return q_new, s_new, logits
 
 
@@ -306,19 +353,21 @@ class CATNet(nn.Module):
         fq, hq = self._features(x)                                     # (B, dim, h, w), (B, C4, h, w)
         fs, hs = self._features(support.flatten(0, 1))                 # (B*K, dim, hs, ws), (B*K, C4, hs, ws)
         h, w = fq.shape[-2:]
-        ms = F.adaptive_avg_pool2d(mask.flatten(0, 1)[:, None], fs.shape[-2:])  # (B*K, 1, hs, ws) area fractions
+        ms = area_fractions(mask.flatten(0, 1)[:, None], fs.shape[-2:])  # (B*K, 1, hs, ws)
         q_tok = fq.flatten(2).transpose(1, 2)                          # (B, h*w, dim)
         s_tok = fs.flatten(2).transpose(1, 2)                          # (B*K, hs*ws, dim)
         ms_tok = ms.flatten(1)                                         # (B*K, hs*ws)
         if self.config.prototype_only:
-            logits = self.proto(q_tok, s_tok.reshape(B, -1, s_tok.shape[-1]), ms_tok.reshape(B, -1))[:, None]
+            s_all = symbolic_reshape(s_tok, (B, -1, s_tok.shape[-1]))  # (B, K*hs*ws, dim)
+            logits = self.proto(q_tok, s_all, ms_tok.reshape(B, -1))[:, None]
             return self._upsample(logits, (h, w), (H, W))
 
         # MIFE: prototype + prior (query) / mask (support) concatenated, merged, initial query mask.
-        proto = masked_average(s_tok.reshape(B, -1, s_tok.shape[-1]), ms_tok.reshape(B, -1))  # (B, dim)
+        s_all = symbolic_reshape(s_tok, (B, -1, s_tok.shape[-1]))      # (B, K*hs*ws, dim)
+        proto = masked_average(s_all, ms_tok.reshape(B, -1))           # (B, dim)
         prior = prior_mask(hq.flatten(2).transpose(1, 2), hs.flatten(2).transpose(1, 2), ms_tok, K)  # (B, h*w)
         fq = self.merge(torch.cat([fq, proto[:, :, None, None].expand(-1, -1, h, w), prior.view(B, 1, h, w)], 1))
-        proto_s = proto.repeat_interleave(K, dim=0)[:, :, None, None].expand(-1, -1, *fs.shape[-2:])
+        proto_s = repeat_shots(proto, K)[:, :, None, None].expand(-1, -1, *fs.shape[-2:])
         fs = self.merge(torch.cat([fs, proto_s, ms], dim=1))
         logits = [self.classifier(fq).flatten(1)]                      # M_0: (B, h*w)
 
