@@ -38,7 +38,7 @@ photo-demo: $(STAMP)
 	$(PY) -m visattn.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 clean:
 	rm -rf $(VENV)

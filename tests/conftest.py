@@ -20,6 +20,12 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Slow tests (exports, compiles: up to ~100 s each) first: `make test` runs `-n 2 --dist worksteal`, and in
+    # collection order they came last, leaving one worker alone on them for minutes (620 s wall at 108% CPU).
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def load_golden(case: str) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """(metadata, reference state dict, input, reference output) of ``tests/golden/<case>.safetensors``."""
     from safetensors import safe_open
