@@ -10,13 +10,7 @@ from .drop import DropPath
 from .fused import conv_act, fast_inference, linear_act, linear_add
 from .partition import is_symbolic
 
-__all__ = ["Conv1x1", "MBConv", "SameAvgPool2d", "SameConv2d", "SqueezeExcite", "same_padding"]
-
-# MBConv inference computes the 4x-wide hidden map in bands of about this many bytes once the whole map would be
-# larger than _BAND_ABOVE: a fresh 50-100 MB buffer costs a page fault per 4 kB on first touch, which made the 1x1
-# expansion at 113 x 113 (stage 0's stride-2 block, batch 4) run at 16 GMAC/s against 30 for a cache-sized map.
-_BAND_BYTES = 4 << 20
-_BAND_ABOVE = 16 << 20
+__all__ = ["same_padding", "Conv1x1", "SameConv2d", "SameAvgPool2d", "SqueezeExcite", "MBConv"]
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -186,67 +180,27 @@ class MBConv(nn.Module):
         top, bottom = same_padding(H, conv.kernel_size[0], conv.stride[0])
         left, right = same_padding(W, conv.kernel_size[1], conv.stride[1])
         asymmetric = top != bottom or left != right
+        if asymmetric:
+            # Pad the narrow input instead of the 4x-wide hidden map (a fresh 50 MB buffer and a copy at batch 4);
+            # the 1x1 conv maps the padding to nonzero values, so the border is zeroed again after it.
+            x = F.pad(x, (left, right, top, bottom))
         s0, t0 = _bn_affine(self.pre_norm)
         s1, t1 = _bn_affine(self.norm1)
         w1 = self.conv1_1x1.weight.flatten(1)                          # (mid, in)
-        w1, b1 = s1[:, None] * w1 * s0[None, :], s1 * (w1 @ t0) + t1
+        h = linear_act(x.permute(0, 2, 3, 1), self.conv1_1x1, self.act1, weight=s1[:, None] * w1 * s0[None, :],
+                       bias=s1 * (w1 @ t0) + t1)                       # (B, Hp, Wp, mid)
+        if asymmetric:
+            h[:, :top].zero_()
+            h[:, top + H:].zero_()
+            h[:, :, :left].zero_()
+            h[:, :, left + W:].zero_()
+            top = left = 0
         s2, t2 = _bn_affine(self.norm2)
-        w2 = conv.weight * s2.view(-1, 1, 1, 1)
-        B, mid = x.shape[0], w1.shape[0]
-        hidden = B * (H + top + bottom) * (W + left + right) * mid * x.element_size()
-        if hidden > _BAND_ABOVE and not torch.compiler.is_compiling():
-            h = self._expand_depthwise_banded(x, w1, b1, w2, t2, (top, bottom, left, right))
-        else:
-            if asymmetric:
-                # Pad the narrow input instead of the 4x-wide hidden map (a fresh 50 MB buffer and a copy at batch
-                # 4); the 1x1 conv maps the padding to nonzero values, so the border is zeroed again after it.
-                x = F.pad(x, (left, right, top, bottom))
-            h = linear_act(x.permute(0, 2, 3, 1), self.conv1_1x1, self.act1, weight=w1, bias=b1)  # (B, Hp, Wp, mid)
-            if asymmetric:
-                h[:, :top].zero_()
-                h[:, top + H:].zero_()
-                h[:, :, :left].zero_()
-                h[:, :, left + W:].zero_()
-                top = left = 0
-            h = conv_act(h.permute(0, 3, 1, 2), conv, self.act2, weight=w2, bias=t2,
-                         padding=(top, left))                          # (B, mid, H', W'), NHWC memory
+        h = conv_act(h.permute(0, 3, 1, 2), conv, self.act2, weight=conv.weight * s2.view(-1, 1, 1, 1), bias=t2,
+                     padding=(top, left))                              # (B, mid, H', W'), NHWC memory
         h = h.mul_(self.se.gate(h))
         out = linear_add(h.permute(0, 2, 3, 1), self.conv3_1x1, shortcut.permute(0, 2, 3, 1))  # (B, H', W', out)
         return out.permute(0, 3, 1, 2)                                 # (B, out, H', W'), NHWC memory
-
-    def _expand_depthwise_banded(self, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
-                                 pads: tuple[int, int, int, int]) -> Tensor:
-        """act2(dw(act1(1x1(x)))) with folded weights, the hidden map made a band of output rows at a time.
-
-        Shape: (B, in, H, W) NHWC memory -> (B, mid, H', W') NHWC memory. Exactly the unbanded result: each band
-        expands the padded input rows its output rows read, zeroes what is padding, and convolves without padding.
-        """
-        conv = self.conv2_kxk
-        top, bottom, left, right = pads
-        B, _, H, W = x.shape
-        xp = F.pad(x, (left, right, top, bottom)).permute(0, 2, 3, 1)   # (B, Hp, Wp, in)
-        Hp, Wp = xp.shape[1], xp.shape[2]
-        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-        Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
-        mid = w1.shape[0]
-        out = x.new_empty(B, Ho, Wo, mid)                              # (B, H', W', mid)
-        rows = max(1, _BAND_BYTES // (B * Wp * mid * x.element_size() * sh))
-        for r0 in range(0, Ho, rows):
-            r1 = min(Ho, r0 + rows)
-            i0, i1 = r0 * sh, (r1 - 1) * sh + kh                      # the padded input rows output rows r0..r1-1 read
-            h = linear_act(xp[:, i0:i1], self.conv1_1x1, self.act1, weight=w1, bias=b1)  # (B, i1 - i0, Wp, mid)
-            lo, hi = max(0, top - i0), min(i1 - i0, top + H - i0)      # the band's real rows: [lo, hi)
-            if lo > 0:
-                h[:, :lo].zero_()
-            if hi < i1 - i0:
-                h[:, hi:].zero_()
-            if left:
-                h[:, :, :left].zero_()
-            if right:
-                h[:, :, left + W:].zero_()
-            band = conv_act(h.permute(0, 3, 1, 2), conv, self.act2, weight=w2, bias=b2, padding=(0, 0))
-            out[:, r0:r1] = band.permute(0, 2, 3, 1)                   # (B, r1 - r0, W', mid)
-        return out.permute(0, 3, 1, 2)                                 # (B, mid, H', W'), NHWC memory
 
     def _forward_folded(self, x: Tensor) -> Tensor:
         # In eval the three BatchNorms are affine maps; folding them into the 1x1 and depthwise convs saves three
