@@ -224,7 +224,7 @@ def test_attention_exports_with_dynamic_sizes(kind: str) -> None:
     from visattn.export import export_program
     from visattn.layers import cpb
 
-    for cache in (cpb._cpb_coords_cached, cpb._cpb_index_cached, cpb._shift_region_mask_cached):
+    for cache in (cpb.cpb_coords, cpb.cpb_index, cpb.shift_region_mask):
         cache.cache_clear()
     torch.manual_seed(0)
     module = EXPORTED[kind]().eval()

@@ -33,6 +33,7 @@ from ..layers.partition import (
     window_partition,
     window_reverse,
 )
+from ..layers.pool import ceil_avg_pool2d
 from ..registry import register_attention
 
 __all__ = ["AnchorProjection", "AnchoredStripeCore", "AnchoredStripeAttention"]
@@ -65,16 +66,7 @@ class AnchorProjection(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         s = self.down_factor
         x = x.permute(0, 3, 1, 2)                                          # (B, C, H, W)
-        H, W = x.shape[-2:]
-        if is_symbolic(H, W):
-            # Traced for any size (torch.export): ceil_mode's output-size rule guards on the size. The same means as
-            # zero-padded sums over real-pixel counts, the padded size a product ceil(H / s) * s.
-            pad = (0, (W + s - 1) // s * s - W, 0, (H + s - 1) // s * s - H)
-            real = F.pad(x.new_ones(1, 1, H, W), pad)                      # (1, 1, Hp, Wp): 1 on real pixels
-            x = F.avg_pool2d(F.pad(x, pad), s, s) / F.avg_pool2d(real, s, s)
-        else:
-            # ceil_mode + count_include_pad=False: a cell cut by the border is the mean of its real pixels
-            x = F.avg_pool2d(x, s, s, ceil_mode=True, count_include_pad=False)
+        x = ceil_avg_pool2d(x, s)                                          # a border cell: mean of its real pixels
         return self.reduction(x.permute(0, 2, 3, 1))                       # (B, H/s, W/s, C_out)
 
 

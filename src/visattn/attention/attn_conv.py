@@ -23,12 +23,12 @@ the training resolution produces keeps the outputs at that resolution identical 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.attend import attend
 from ..layers.checks import check_image
 from ..layers.partition import is_symbolic, symbolic_reshape
+from ..layers.pool import averaging_matrix, ceil_avg_pool2d
 from ..registry import register_attention
 
 __all__ = ["AttnConv", "AttnMap", "CloAttention", "PooledGlobalAttention", "capped_pool_matrix"]
@@ -96,9 +96,7 @@ def capped_pool_matrix(size: int, window: int, max_grid: int, *, dtype: torch.dt
     i = torch.arange(n, device=device)
     start = i * span // max_grid                                       # (n,)
     end = torch.clamp(((i + 1) * span + max_grid - 1) // max_grid, max=size)  # (n,)
-    pos = torch.arange(size, device=device)
-    inside = (pos >= start[:, None]) & (pos < end[:, None])            # (n, size)
-    return inside.to(dtype) / (end - start)[:, None].to(dtype)
+    return averaging_matrix(start, end, size, dtype)                   # (n, size)
 
 
 class PooledGlobalAttention(nn.Module):
@@ -148,13 +146,7 @@ class PooledGlobalAttention(nn.Module):
             return x.reshape(B, C, gw, gh).transpose(-1, -2)           # (B, C, gh, gw)
         if w == 1:
             return x
-        if is_symbolic(H, W):
-            # Traced for any size (torch.export): ceil_mode's output-size rule guards on the size. The same means as
-            # zero-padded sums over the real-pixel counts, with the padded size a product ceil(H / w) * w.
-            pad = (0, (W + w - 1) // w * w - W, 0, (H + w - 1) // w * w - H)
-            real = F.pad(x.new_ones(1, 1, H, W), pad)                    # (1, 1, Hp, Wp): 1 on real pixels
-            return F.avg_pool2d(F.pad(x, pad), w, w) / F.avg_pool2d(real, w, w)
-        return F.avg_pool2d(x, w, w, ceil_mode=True, count_include_pad=False)
+        return ceil_avg_pool2d(x, w)
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, dim, H, W) -> (B, num_heads * head_dim, H, W)."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +31,26 @@ __all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask"
 _MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def _uncached(*sizes: object) -> bool:
-    """Build a table in the graph instead of the per-size cache: a symbolic size cannot key the cache, and while
-    torch.export / torch.compile traces even fixed sizes, a cached tensor would be a fake one that outlives the trace
-    and later eager calls would receive it."""
-    return is_symbolic(*sizes) or torch.compiler.is_compiling()
+def _per_size_cache(build: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``build`` cached per argument tuple in eager mode, called directly while traced.
+
+    A symbolic size cannot key the cache, and while torch.export / torch.compile traces even fixed sizes, a cached
+    tensor would be a fake one that outlives the trace and later eager calls would receive it.
+    """
+    cached = functools.lru_cache(maxsize=64)(build)
+
+    @functools.wraps(build)
+    def table(*args: Any) -> Tensor:
+        sizes = [n for arg in args if isinstance(arg, tuple) for n in arg]
+        if is_symbolic(*sizes) or torch.compiler.is_compiling():
+            return build(*args)
+        return cached(*args)
+
+    table.cache_clear = cached.cache_clear                             # type: ignore[attr-defined]
+    return table
 
 
+@_per_size_cache
 def cpb_coords(size: tuple[int, int], anchor_size: tuple[int, int] | None = None) -> Tensor:
     """Log-spaced relative coordinates (T0, T1, 2) fed to the bias MLP, on the CPU.
 
@@ -44,14 +59,8 @@ def cpb_coords(size: tuple[int, int], anchor_size: tuple[int, int] | None = None
     values per axis). Each axis is divided by its largest offset, scaled to [-8, 8] and mapped through
     sign(t) * log2(1 + |t|) / log2(8) (Swin V2, Eq. 4).
 
-    Cached per size in eager mode; built in the graph while traced (see :func:`_uncached`).
+    Cached per size in eager mode; built in the graph while traced (see :func:`_per_size_cache`).
     """
-    if _uncached(*size, *(anchor_size or ())):
-        return _cpb_coords(size, anchor_size)
-    return _cpb_coords_cached(size, anchor_size)
-
-
-def _cpb_coords(size: tuple[int, int], anchor_size: tuple[int, int] | None) -> Tensor:
     anchor_size = anchor_size or size
     axes = []
     for s, a in zip(size, anchor_size):
@@ -62,6 +71,7 @@ def _cpb_coords(size: tuple[int, int], anchor_size: tuple[int, int] | None) -> T
     return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
 
 
+@_per_size_cache
 def cpb_index(size: tuple[int, int], anchor_size: tuple[int, int] | None = None, anchor_queries: bool = False) -> Tensor:
     """(Nq, Nk) flat index into the (T0, T1) coordinate table for every (query, key) pair, on the CPU.
 
@@ -71,12 +81,6 @@ def cpb_index(size: tuple[int, int], anchor_size: tuple[int, int] | None = None,
 
     Cached per size in eager mode; built in the graph while traced.
     """
-    if _uncached(*size, *(anchor_size or ())):
-        return _cpb_index(size, anchor_size, anchor_queries)
-    return _cpb_index_cached(size, anchor_size, anchor_queries)
-
-
-def _cpb_index(size: tuple[int, int], anchor_size: tuple[int, int] | None, anchor_queries: bool) -> Tensor:
     anchor_size = anchor_size or size
 
     def grid(shape: tuple[int, int]) -> Tensor:
@@ -94,10 +98,6 @@ def _cpb_index(size: tuple[int, int], anchor_size: tuple[int, int] | None, ancho
     return (d[0] + offset[0]) * width + (d[1] + offset[1])
 
 
-_cpb_coords_cached = functools.lru_cache(maxsize=64)(_cpb_coords)
-_cpb_index_cached = functools.lru_cache(maxsize=64)(_cpb_index)
-
-
 def _region_labels(size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
     # After a cyclic roll by -shift, the last window row/column mixes pixels from opposite image borders; label the
     # three bands (0 .. S-w, S-w .. S-s, S-s .. S) per axis so pixels that were not neighbours can be told apart.
@@ -113,6 +113,7 @@ def _region_labels(size: tuple[int, int], window: tuple[int, int], shift: tuple[
     return labels[0][:, None] * 3 + labels[1][None, :]                   # (H, W)
 
 
+@_per_size_cache
 def shift_region_mask(size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int],
                       key_size: tuple[int, int] | None = None, key_window: tuple[int, int] | None = None,
                       key_shift: tuple[int, int] | None = None, value: float = -100.0) -> Tensor:
@@ -124,14 +125,6 @@ def shift_region_mask(size: tuple[int, int], window: tuple[int, int], shift: tup
 
     Cached per size in eager mode; built in the graph while traced.
     """
-    args = (size, window, shift, key_size, key_window, key_shift, value)
-    sizes = [s for t in args[:6] if t is not None for s in t]
-    return _shift_region_mask(*args) if _uncached(*sizes) else _shift_region_mask_cached(*args)
-
-
-def _shift_region_mask(size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int],
-                       key_size: tuple[int, int] | None, key_window: tuple[int, int] | None,
-                       key_shift: tuple[int, int] | None, value: float) -> Tensor:
     key_size, key_window, key_shift = key_size or size, key_window or window, key_shift or shift
 
     def per_window(lab: Tensor, win: tuple[int, int]) -> Tensor:
@@ -143,9 +136,6 @@ def _shift_region_mask(size: tuple[int, int], window: tuple[int, int], shift: tu
     k = per_window(_region_labels(key_size, key_window, key_shift), key_window)
     mask = torch.zeros(q.shape[0], q.shape[1], k.shape[1], device="cpu")
     return mask.masked_fill(q[:, :, None] != k[:, None, :], value)      # (nWin, Nq, Nk)
-
-
-_shift_region_mask_cached = functools.lru_cache(maxsize=64)(_shift_region_mask)
 
 
 def cosine_qk(q: Tensor, k: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:

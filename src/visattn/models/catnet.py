@@ -69,6 +69,7 @@ from ..attention.cross_masked import CrossMaskedAttention
 from ..layers.checks import check_image
 from ..layers.mlp import Mlp
 from ..layers.partition import is_symbolic, symbolic_reshape
+from ..layers.pool import averaging_matrix
 from ..layers.resnet import ResNet, resnet_remap_state_dict
 from ..registry import register_models
 
@@ -158,9 +159,7 @@ def _bin_average(size_in: int, size_out: int, like: Tensor) -> Tensor:
     i = torch.arange(size_out, device=like.device)
     start = torch.div(i * size_in, size_out, rounding_mode="floor")
     end = torch.div((i + 1) * size_in + size_out - 1, size_out, rounding_mode="floor")
-    j = torch.arange(size_in, device=like.device)
-    inside = (j[None] >= start[:, None]) & (j[None] < end[:, None])    # (size_out, size_in)
-    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+    return averaging_matrix(start, end, size_in, like.dtype)            # (size_out, size_in)
 
 
 class PrototypeSegmentation(nn.Module):
