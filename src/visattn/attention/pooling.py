@@ -104,21 +104,6 @@ def _conv3d_traced(x: Tensor, conv: nn.Conv3d) -> Tensor:
     return F.pad(y, (0, -1))                                           # (B, c, T', H', W')
 
 
-def _fused_choice(q: Tensor, bias: Tensor | None) -> bool | None:
-    """``attend``'s path: the reference one for a bias that needs a gradient on CPU (training), else the default.
-
-    PyTorch's CPU SDPA has no fused kernel that returns a mask gradient, so with a trainable bias (the rel-pos term)
-    it runs its math fallback, which in bf16 / fp16 upcasts q, k, v, logits and probabilities to fp32 and keeps them
-    for backward. The reference path keeps them in the input dtype, as timm's mvitv2 does, and scales the pooled keys
-    instead of the queries. Measured (torch 2.13, 1 thread, fwd + bwd of one stage-0 attention of mvitv2_tiny at
-    batch 8, 3136 x 196 tokens, CPU time, queries scaled): bf16 autocast 115 -> 64 MiB peak, 132 -> 58 ms; fp32
-    153 -> 115 ms. Whole mvitv2_tiny training step: see docs/mvit.md.
-    """
-    if bias is not None and bias.requires_grad and q.device.type == "cpu":
-        return False
-    return None
-
-
 @register_attention("pooling")
 class PoolingAttention(nn.Module):
     """Multi-head pooling attention over a 2-D or 3-D token map.
@@ -362,8 +347,7 @@ class PoolingAttention(nn.Module):
             k, k_size = self._pool(k, self.pool_k, self.norm_k, size, prefix)
             v, _ = self._pool(v, self.pool_v, self.norm_v, size, prefix)
         bias = self._rel_pos_bias(q, q_size, k_size, prefix) if self.rel_pos else None
-        fused = _fused_choice(q, bias)
-        out = attend(q, k, v, bias=bias, scale=self.head_dim ** -0.5, fused=fused)  # (B, heads, Nq, hd)
+        out = attend(q, k, v, bias=bias, scale=self.head_dim ** -0.5)  # (B, heads, Nq, hd)
         if self.residual_pooling:
             if prefix and not self.residual_pool_cls:
                 out = torch.cat((out[:, :, :prefix], out[:, :, prefix:] + q[:, :, prefix:]), dim=2)
