@@ -23,7 +23,16 @@ from torch import Tensor, nn
 
 from ..layers.attend import key_padding_bias
 from ..layers.checks import check_image
-from ..layers.cpb import CosineAttnTransform, attend_windows, cosine_qk, cpb_coords, cpb_index, shift_region_mask
+from ..layers.cpb import (
+    CosineAttnTransform,
+    attend_window_classes,
+    attend_windows,
+    cosine_qk,
+    cpb_coords,
+    cpb_index,
+    shift_region_mask,
+    window_classes,
+)
 from ..layers.partition import (
     crop_padding,
     is_symbolic,
@@ -139,27 +148,17 @@ class AnchoredStripeCore(nn.Module):
         coords = cpb_coords(size, a_size).to(device)
         bias1 = self.attn_transform1.bias(coords, cpb_index(size, a_size, True).to(device))   # (nh, N2, N1)
         bias2 = self.attn_transform2.bias(coords, cpb_index(size, a_size, False).to(device))  # (nh, N1, N2)
-        if shifted:
-            anchor_map, pixel_map = (Hp // df, Wp // df), (Hp, Wp)
-            bias1 = bias1 + shift_region_mask(anchor_map, a_size, a_shift, pixel_map, size, shift).to(device)[:, None]
-            bias2 = bias2 + shift_region_mask(pixel_map, size, shift, anchor_map, a_size, a_shift).to(device)[:, None]
-        if needs_padding(pad):                                              # always while traced (amounts may be 0)
-            valid_px = valid_token_mask(H, W, pad, device)                  # (1, Hp, Wp, 1)
-            valid_anchor = valid_token_mask(Ha, Wa, (Hp // df - Ha, Wp // df - Wa), device)  # (1, Hp/s, Wp/s, 1)
-            if shifted:
-                valid_px = _roll(valid_px, (-shift[0], -shift[1]), (1, 2))
-                valid_anchor = _roll(valid_anchor, (-a_shift[0], -a_shift[1]), (1, 2))
-            valid_px = window_partition(valid_px, size).reshape(n_win, N1)
-            valid_anchor = window_partition(valid_anchor, a_size).reshape(n_win, N2)
-            bias1 = bias1 + key_padding_bias(valid_px, bias1.dtype)        # (nWin, nh, N2, N1)
-            bias2 = bias2 + key_padding_bias(valid_anchor, bias2.dtype)    # (nWin, nh, N1, N2)
-
         # step 1: anchors gather from the stripe's keys; step 2: queries read the anchors' summaries
         a1, k1 = cosine_qk(a, k, self.attn_transform1.scale())
-        z = attend_windows(a1, k1, v, bias1)                                # (B, nWin, nh, N2, hd)
         q2, a2 = cosine_qk(q, a, self.attn_transform2.scale())
-        out = attend_windows(q2, a2, z, bias2)                              # (B, nWin, nh, N1, hd)
-
+        pixels, anchors = ((Hp, Wp), size, shift), ((Hp // df, Wp // df), a_size, a_shift)
+        if is_symbolic(Hp, Wp):  # traced with dynamic sizes: dense masks over all windows
+            bias1, bias2 = self._dense_biases(bias1, bias2, pixels, anchors, (H, W), (Ha, Wa), shifted)
+            z = attend_windows(a1, k1, v, bias1)                            # (B, nWin, nh, N2, hd)
+            out = attend_windows(q2, a2, z, bias2)                          # (B, nWin, nh, N1, hd)
+        else:
+            z = attend_window_classes(a1, k1, v, bias1, window_classes(*anchors, *pixels, (H, W)))
+            out = attend_window_classes(q2, a2, z, bias2, window_classes(*pixels, *anchors, (Ha, Wa)))
         out = out.permute(0, 1, 3, 2, 4).reshape(B * n_win, size[0], size[1], C)  # (B*nWin, S0, S1, C)
         out = window_reverse(out, size, (Hp, Wp))                           # (B, Hp, Wp, C)
         if shifted:
@@ -167,6 +166,32 @@ class AnchoredStripeCore(nn.Module):
         if needs_padding(pad):
             out = crop_padding(out, (H, W))
         return out
+
+
+    def _dense_biases(self, bias1: Tensor, bias2: Tensor, pixels: tuple, anchors: tuple, size: tuple[int, int],
+                      anchor_size: tuple[int, int], shifted: bool) -> tuple[Tensor, Tensor]:
+        """Position biases plus every window's shift and padding masks, (nWin, nh, N2, N1) and (nWin, nh, N1, N2)
+        (or the shared (nh, ...) biases when no mask applies). :func:`window_classes` gives the same masks grouped;
+        this form traces with symbolic sizes. ``pixels`` / ``anchors``: (map size, stripe size, shift) of each grid."""
+        (pixel_map, size_px, shift_px), (anchor_map, size_a, shift_a) = pixels, anchors
+        device = bias1.device
+        if shifted:
+            bias1 = bias1 + shift_region_mask(*anchors, *pixels).to(device)[:, None]
+            bias2 = bias2 + shift_region_mask(*pixels, *anchors).to(device)[:, None]
+        pad = (pixel_map[0] - size[0], pixel_map[1] - size[1])
+        if needs_padding(pad):                                              # always while traced (amounts may be 0)
+            valid_px = valid_token_mask(*size, pad, device)                 # (1, Hp, Wp, 1)
+            a_pad = (anchor_map[0] - anchor_size[0], anchor_map[1] - anchor_size[1])
+            valid_anchor = valid_token_mask(*anchor_size, a_pad, device)   # (1, Hp/s, Wp/s, 1)
+            if shifted:
+                valid_px = _roll(valid_px, (-shift_px[0], -shift_px[1]), (1, 2))
+                valid_anchor = _roll(valid_anchor, (-shift_a[0], -shift_a[1]), (1, 2))
+            N1, N2 = size_px[0] * size_px[1], size_a[0] * size_a[1]
+            valid_px = window_partition(valid_px, size_px).reshape(-1, N1)           # (nWin, N1)
+            valid_anchor = window_partition(valid_anchor, size_a).reshape(-1, N2)    # (nWin, N2)
+            bias1 = bias1 + key_padding_bias(valid_px, bias1.dtype)        # (nWin, nh, N2, N1)
+            bias2 = bias2 + key_padding_bias(valid_anchor, bias2.dtype)    # (nWin, nh, N1, N2)
+        return bias1, bias2
 
 
 @register_attention("anchored_stripe")

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from .attend import attend
 from .partition import is_symbolic, symbolic_reshape
 
-__all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask", "cosine_qk", "attend_windows"]
+__all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask", "window_classes", "cosine_qk",
+           "attend_windows", "attend_window_classes"]
 
 # Swin V2 / GRL clamp the learnable logit scale at log(1 / 0.01), i.e. a temperature of at most 100.
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -138,6 +139,61 @@ def shift_region_mask(size: tuple[int, int], window: tuple[int, int], shift: tup
     return mask.masked_fill(q[:, :, None] != k[:, None, :], value)      # (nWin, Nq, Nk)
 
 
+def _axis_window_groups(query: tuple[int, int, int], key: tuple[int, int, int],
+                        key_real: int) -> list[tuple[tuple, list[int]]]:
+    # One axis of the windows: (map length, window, shift) of the query and key grids, and how many leading key
+    # positions are real (the rest is padding, before the roll). Window j's mask along this axis is fixed by the
+    # region labels of its query and key positions and which of its keys are real; windows with equal ones group.
+    def label(pos: int, n: int, w: int, s: int) -> int:                  # the bands of _region_labels
+        return int(pos >= n - w) + int(pos >= n - s) if s > 0 else 0
+
+    (nq, wq, sq), (nk, wk, sk) = query, key
+    groups: dict[tuple, list[int]] = {}
+    for j in range(nq // wq):
+        q_labels = tuple(label(j * wq + i, nq, wq, sq) for i in range(wq))
+        k_labels = tuple(label(j * wk + i, nk, wk, sk) for i in range(wk))
+        k_real = tuple((j * wk + i + sk) % nk < key_real for i in range(wk))  # rolled position -> original one
+        groups.setdefault((q_labels, k_labels, k_real), []).append(j)
+    return list(groups.items())
+
+
+@_per_size_cache
+def window_classes(query_map: tuple[int, int], query_window: tuple[int, int], query_shift: tuple[int, int],
+                   key_map: tuple[int, int], key_window: tuple[int, int], key_shift: tuple[int, int],
+                   key_real: tuple[int, int], value: float = -100.0) -> list[tuple[Tensor, Tensor | None]]:
+    """The windows of a (shifted, padded) window attention grouped by their mask: [(window indices, mask), ...].
+
+    Queries live on ``query_map`` cut into ``query_window`` tiles after a roll by -``query_shift``, keys likewise on
+    ``key_map`` (the same map, or GRL's anchors); the first ``key_real`` rows / columns of the key map are real, the
+    rest padding. A window's mask is the sum of :func:`shift_region_mask` (``value`` across regions) and the key
+    padding mask (the most negative float on padded keys); both are products of a row and a column pattern, and only
+    the last one or two window rows and columns differ from the rest. So instead of one (nWin, Nq, Nk) mask - at a
+    896 x 896 map GRL's layers each built several of over 1 GB - each class of windows gets one (Nq, Nk) mask, None
+    where it is all zero (no shift, no padding: a single class of every window). Flat indices count windows row-major.
+
+    Sizes must be concrete; traced with symbolic ones, build the dense masks instead. Cached per size in eager mode.
+    """
+    rows = _axis_window_groups((query_map[0], query_window[0], query_shift[0]),
+                               (key_map[0], key_window[0], key_shift[0]), key_real[0])
+    cols = _axis_window_groups((query_map[1], query_window[1], query_shift[1]),
+                               (key_map[1], key_window[1], key_shift[1]), key_real[1])
+    n_cols = query_map[1] // query_window[1]
+    Nq, Nk = query_window[0] * query_window[1], key_window[0] * key_window[1]
+    classes = []
+    for (q_rows, k_rows, real_rows), row_ids in rows:
+        for (q_cols, k_cols, real_cols), col_ids in cols:
+            mask = None  # decided on the label tuples, not on tensors: torch.compile traces this with fake ones
+            if len({*q_rows, *k_rows}) > 1 or len({*q_cols, *k_cols}) > 1 or not all(real_rows + real_cols):
+                cross_rows = torch.tensor(q_rows)[:, None] != torch.tensor(k_rows)[None, :]   # (wq0, wk0)
+                cross_cols = torch.tensor(q_cols)[:, None] != torch.tensor(k_cols)[None, :]   # (wq1, wk1)
+                cross = (cross_rows[:, None, :, None] | cross_cols[None, :, None, :]).reshape(Nq, Nk)
+                real = (torch.tensor(real_rows)[:, None] & torch.tensor(real_cols)[None, :]).reshape(1, Nk)
+                mask = torch.zeros(Nq, Nk).masked_fill(cross, value).masked_fill(~real, torch.finfo(torch.float32).min)
+            index = (torch.tensor(row_ids)[:, None] * n_cols + torch.tensor(col_ids)[None, :]).reshape(-1)
+            classes.append((index, mask))
+    return classes
+
+
 def cosine_qk(q: Tensor, k: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     """Unit-normalise q and k along the last dimension and fold the per-head scale (heads, 1, 1) into q.
 
@@ -165,6 +221,27 @@ def attend_windows(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     return out.view(B, n_win, nh, Nq, hd_v)
 
 
+def attend_window_classes(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+                          classes: list[tuple[Tensor, Tensor | None]]) -> Tensor:
+    """:func:`attend_windows` with a shared (nh, Nq, Nk) ``bias`` plus one mask per class of windows
+    (:func:`window_classes`): each class's windows are gathered and attended together.
+
+    Shape: q (B, nWin, nh, Nq, hd), k and v (B, nWin, nh, Nk, hd) -> (B, nWin, nh, Nq, hd_v).
+    """
+    if len(classes) == 1:
+        mask = classes[0][1]
+        return attend_windows(q, k, v, bias if mask is None else bias + mask.to(bias.device))
+    out = None
+    for index, mask in classes:
+        index = index.to(q.device)
+        part = attend_windows(q.index_select(1, index), k.index_select(1, index), v.index_select(1, index),
+                              bias if mask is None else bias + mask.to(bias.device))  # (B, n, nh, Nq, hd_v)
+        if out is None:
+            out = part.new_empty(q.shape[0], q.shape[1], *part.shape[2:])  # (B, nWin, nh, Nq, hd_v)
+        out.index_copy_(1, index, part)
+    return out
+
+
 class CosineAttnTransform(nn.Module):
     """Per-head logit scale and continuous position bias of one cosine attention.
 
@@ -188,6 +265,8 @@ class CosineAttnTransform(nn.Module):
 
     def bias(self, coords: Tensor, index: Tensor) -> Tensor:
         """(heads, Nq, Nk) position bias from a (T0, T1, 2) coordinate table and a (Nq, Nk) index into it."""
-        table = self.cpb_mlp(coords).view(-1, self.num_heads)            # (T0*T1, heads)
-        bias = table[index.view(-1)].view(*index.shape, self.num_heads)  # (Nq, Nk, heads)
-        return 16 * torch.sigmoid(bias.permute(2, 0, 1))                 # (heads, Nq, Nk), Swin V2 bounds it to 16
+        # Swin V2 bounds the bias to 16 * sigmoid; applied to the small table before the gather (the same values),
+        # and gathered head-major so the (heads, Nq, Nk) result is contiguous, as SDPA's mask wants it.
+        table = 16 * torch.sigmoid(self.cpb_mlp(coords).view(-1, self.num_heads))  # (T0*T1, heads)
+        bias = table.t().contiguous().index_select(1, index.reshape(-1))  # (heads, Nq*Nk)
+        return bias.view(self.num_heads, *index.shape)                   # (heads, Nq, Nk)
