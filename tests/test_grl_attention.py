@@ -150,6 +150,53 @@ def test_window_v2_shift_mask_keeps_borders_apart() -> None:
     assert not torch.allclose(out[..., 6, 6], out2[..., 6, 6])  # same shifted window as the corner: it sees it
 
 
+@pytest.mark.parametrize("geometry", [
+    # (query map, window, shift), (key map, window, shift), real key rows / columns
+    (((8, 12), (4, 4), (2, 2)), ((8, 12), (4, 4), (2, 2)), (8, 12)),      # shifted windows, no padding
+    (((8, 12), (4, 4), (2, 2)), ((8, 12), (4, 4), (2, 2)), (7, 10)),      # shifted windows over padding
+    (((8, 12), (4, 4), (0, 0)), ((8, 12), (4, 4), (0, 0)), (5, 12)),      # padding only
+    (((16, 32), (8, 16), (4, 8)), ((4, 8), (2, 4), (1, 2)), (3, 7)),      # pixels -> anchors, shifted, padded
+    (((4, 8), (2, 4), (1, 2)), ((16, 32), (8, 16), (4, 8)), (13, 30)),    # anchors -> pixels
+    (((12, 8), (4, 8), (2, 0)), ((12, 8), (4, 8), (2, 0)), (12, 8)),      # shifted on one axis only
+])
+def test_window_classes_reassemble_the_dense_masks(geometry) -> None:
+    # Every window in exactly one class, and each class's mask equal to that window's dense shift + padding mask.
+    from visattn.layers.attend import key_padding_bias
+    from visattn.layers.cpb import shift_region_mask, window_classes
+    from visattn.layers.partition import valid_token_mask, window_partition
+
+    (q_map, q_win, q_shift), (k_map, k_win, k_shift), real = geometry
+    dense = shift_region_mask(q_map, q_win, q_shift, k_map, k_win, k_shift)          # (nWin, Nq, Nk)
+    valid = valid_token_mask(*real, (k_map[0] - real[0], k_map[1] - real[1]))        # (1, Hk, Wk, 1)
+    valid = torch.roll(valid, (-k_shift[0], -k_shift[1]), (1, 2))
+    valid = window_partition(valid, k_win).reshape(dense.shape[0], -1)                # (nWin, Nk)
+    dense = dense + key_padding_bias(valid, torch.float32)[:, 0]                     # (nWin, Nq, Nk)
+    seen = torch.zeros(dense.shape[0], dtype=torch.long)
+    for index, mask in window_classes(q_map, q_win, q_shift, k_map, k_win, k_shift, real):
+        seen[index] += 1
+        expected = dense[index]
+        if mask is None:
+            assert torch.all(expected == 0)
+        else:
+            assert torch.equal(mask.expand_as(expected), expected)
+    assert torch.all(seen == 1)
+
+
+@pytest.mark.parametrize("module", ["window", "stripe"])
+def test_batched_windows_equal_single_images(module: str) -> None:
+    # Batch 1 gathers each mask class's windows, larger batches (small windows) build one dense mask: same outputs.
+    torch.manual_seed(0)
+    if module == "window":
+        m = WindowAttentionV2(8, num_heads=2, window_size=4, shift=True, cpb_hidden=16).eval()
+    else:
+        m = AnchoredStripeAttention(8, num_heads=2, shift=True, cpb_hidden=16, stripe_size=(8, 16),
+                                    stripe_groups=(None, None), down_factor=2).eval()
+    x = torch.randn(4, 8, 17, 21)
+    with torch.no_grad():
+        single = torch.cat([m(x[i:i + 1]) for i in range(4)])
+        torch.testing.assert_close(m(x), single, atol=1e-6, rtol=0)
+
+
 STRIPES = {
     "horizontal_groups": dict(stripe_size=(4, None), stripe_groups=(None, 2), down_factor=2),
     "vertical_groups": dict(stripe_size=(None, 4), stripe_groups=(2, None), down_factor=2),
@@ -224,7 +271,7 @@ def test_attention_exports_with_dynamic_sizes(kind: str) -> None:
     from visattn.export import export_program
     from visattn.layers import cpb
 
-    for cache in (cpb.cpb_coords, cpb.cpb_index, cpb.shift_region_mask):
+    for cache in (cpb.cpb_coords, cpb.cpb_index, cpb.shift_region_mask, cpb.window_classes):
         cache.cache_clear()
     torch.manual_seed(0)
     module = EXPORTED[kind]().eval()

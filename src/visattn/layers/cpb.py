@@ -231,6 +231,17 @@ def attend_window_classes(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
     if len(classes) == 1:
         mask = classes[0][1]
         return attend_windows(q, k, v, bias if mask is None else bias + mask.to(bias.device))
+    B, n_win, _, Nq, hd = q.shape
+    Nk = k.shape[-2]
+    if Nq * Nk <= B * (Nq + 2 * Nk) * hd:
+        # Small windows: one (nWin, Nq, Nk) mask costs less than gathering each class's q, k, v. Measured, a shifted
+        # WindowAttentionV2 (dim 64, 2 heads) on a 224 x 224 map, 2 threads: window 4 dense 77 ms / classes 101 ms,
+        # window 8 100 / 102, window 16 108 / 94; the rule picks dense for the first two.
+        masks = torch.zeros(n_win, Nq, Nk, device=bias.device)
+        for index, mask in classes:
+            if mask is not None:
+                masks[index.to(bias.device)] = mask.to(bias.device)
+        return attend_windows(q, k, v, bias + masks[:, None])           # bias (nWin, nh, Nq, Nk)
     out = None
     for index, mask in classes:
         index = index.to(q.device)
