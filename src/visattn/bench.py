@@ -3,7 +3,8 @@
 * FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` on meta tensors (no compute, any size), through the
   reference attention path so every attention matmul is an explicit, counted op. Reported as GMACs
   (multiply-adds = counted FLOPs / 2), the convention of the papers' "FLOPs" columns.
-* Time: median wall time of ``iters`` calls after ``warmup`` calls (CUDA synchronised), eager or ``torch.compile``.
+* Time: median wall time of ``iters`` calls after ``warmup`` calls (CUDA synchronised), eager or ``torch.compile``;
+  the fastest call too (``ms_min``), which other load on a shared machine can only lengthen.
 * Memory: CUDA peak allocated bytes; on CPU (no allocator statistics) the peak total size of live tensors that ops
   produced during the call, followed by storage weak references (kernel-internal workspaces are not seen).
 
@@ -36,6 +37,7 @@ __all__ = [
     "model_summary",
     "peak_memory",
     "time_call",
+    "time_calls",
 ]
 
 
@@ -139,6 +141,12 @@ def _sync(device: torch.device) -> None:
 def time_call(fn: Callable[[], Any], device: torch.device, *, warmup: int = 2, iters: int = 5,
               max_seconds: float | None = None) -> float:
     """Median milliseconds of ``fn()`` (after ``warmup`` calls); stops early after ``max_seconds``."""
+    return time_calls(fn, device, warmup=warmup, iters=iters, max_seconds=max_seconds)[0]
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int = 2, iters: int = 5,
+               max_seconds: float | None = None) -> tuple[float, float]:
+    """(median, fastest) milliseconds of ``fn()`` (after ``warmup`` calls); stops early after ``max_seconds``."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -151,7 +159,7 @@ def time_call(fn: Callable[[], Any], device: torch.device, *, warmup: int = 2, i
         times.append(time.perf_counter() - start)
         if max_seconds is not None and time.perf_counter() - begin > max_seconds:
             break
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(times), 1000 * min(times)
 
 
 class _LiveTensorBytes(torch.utils._python_dispatch.TorchDispatchMode):
@@ -245,7 +253,7 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
             except (NotImplementedError, RuntimeError):
                 row["gmacs"] = None
             if max_tokens is not None and size[0] * size[1] > max_tokens:
-                row.update(ms=None, img_per_s=None, peak_mem_mb=None, note=f"skipped: more than {max_tokens} tokens")
+                row.update(ms=None, img_per_s=None, ms_min=None, peak_mem_mb=None, note=f"skipped: more than {max_tokens} tokens")
                 yield row
                 continue
             x = torch.randn(shape, device=device, requires_grad=mode == "fwdbwd")
@@ -255,8 +263,8 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
             call = functools.partial(_autocast_step, runner, x, mode, amp)
 
             try:
-                ms = time_call(call, device, warmup=warmup, iters=iters, max_seconds=max_seconds)
-                row.update(ms=ms, img_per_s=1000 * batch / ms)
+                ms, ms_min = time_calls(call, device, warmup=warmup, iters=iters, max_seconds=max_seconds)
+                row.update(ms=ms, img_per_s=1000 * batch / ms, ms_min=ms_min)
                 row["peak_mem_mb"] = peak_memory(call, device) if memory and not compile else None
             except ValueError as err:
                 if "more than 1 value per channel" in str(err):  # BatchNorm statistics of a single value
@@ -264,7 +272,7 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
                                      "--batch-size >= 2 for --mode fwdbwd") from err
                 raise
             except torch.OutOfMemoryError:
-                row.update(ms=None, img_per_s=None, peak_mem_mb=None, note="out of memory")
+                row.update(ms=None, img_per_s=None, ms_min=None, peak_mem_mb=None, note="out of memory")
             print(f"  {target.name:<24} {size[0]:>4}x{size[1]:<4} "
                   f"{_f(row.get('ms'), '9.2f')} ms {_f(row.get('img_per_s'), '9.1f')} img/s "
                   f"{_f(row.get('peak_mem_mb'), '9.1f')} MiB {_f(row.get('gmacs'), '9.3f')} GMACs",
