@@ -173,3 +173,36 @@ def test_set_values_parse_like_config_fields() -> None:
         "name": "a"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(["dims"])
+
+
+_HEAP_PROBE = """
+import ctypes, platform, sys
+import torch
+from visattn.cli import main
+main(sys.argv[1:])
+from visattn.allocator import keeping_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+free_before = libc.mallinfo2().fordblks
+x = torch.empty(16 * 2**20)  # 64 MiB, above glibc's largest default mmap threshold (32 MiB)
+del x
+print(keeping_freed_memory(), libc.mallinfo2().fordblks - free_before >= 64 * 2**20)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or __import__("platform").libc_ver()[0] != "glibc",
+                    reason="the allocator tuning applies to glibc only")
+@pytest.mark.parametrize("flag", [None, "--no-allocator-tuning"])
+def test_command_line_keeps_freed_buffers_for_reuse(flag: str | None) -> None:
+    # The CLI raises glibc's mmap threshold: a freed 64 MiB tensor stays in the heap (free bytes) for the next one,
+    # instead of being unmapped and page-faulted in again; with --no-allocator-tuning glibc unmaps it.
+    argv = [flag, "info", "maxvit_tiny"] if flag else ["info", "maxvit_tiny"]
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, *argv], capture_output=True, text=True, check=True)
+    tuned = flag is None
+    assert out.stdout.strip().splitlines()[-1] == f"{tuned} {tuned}"

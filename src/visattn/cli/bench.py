@@ -173,6 +173,10 @@ def environment_report(argv: list[str], device: object, threads: int | None) -> 
         (f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
          f"visattn {visattn.__version__}"),
     ]
+    from ..allocator import keeping_freed_memory
+
+    lines.append("allocator: glibc keeps freed large buffers (visattn.allocator)" if keeping_freed_memory()
+                 else "allocator: as the environment set it (no visattn tuning)")
     if torch.cuda.is_available():
         lines.append(f"gpu: {torch.cuda.get_device_name()}")
     return "\n".join(lines) + "\n"
