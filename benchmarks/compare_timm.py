@@ -18,6 +18,8 @@ Everything is measured side by side in one process on the same weights (timm's r
 * training step (``--train``): forward + cross-entropy + backward + AdamW step, fp32 and bf16 autocast, median time
   and peak memory of live tensors (``visattn.bench.peak_memory``; CPU has no allocator statistics).
 * compile (``--compile``): ``torch.compile`` of both models, inference img/s compiled and eager.
+* allocator (``--keep-freed-memory``): glibc keeps freed large buffers for reuse (``visattn.allocator``), for both
+  models alike since they share the process; off by default, as in a plain Python session.
 """
 
 from __future__ import annotations
@@ -142,11 +144,17 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-rounds", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also compare torch.compile'd models")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="raise glibc's mmap/trim thresholds first (visattn.allocator; applies to both models)")
     parser.add_argument("--fullgraph", action=argparse.BooleanOptionalAction, default=True,
                         help="compile visattn with fullgraph=True (any graph break is an error; default on)")
     args = parser.parse_args()
     import timm
 
+    if args.keep_freed_memory:
+        from visattn.allocator import keep_freed_memory
+
+        print(f"allocator: glibc keeps freed large buffers: {keep_freed_memory()}")
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
           f"torch {torch.__version__}, timm {timm.__version__}; GEMM rate: 1024^3 fp32 matmuls timed in the same rounds")
