@@ -282,3 +282,20 @@ def test_attention_exports_with_dynamic_sizes(kind: str) -> None:
             expected = module(x)
             assert type(expected) is torch.Tensor                           # not a fake tensor left by the trace
             torch.testing.assert_close(program(x), expected, atol=1e-5, rtol=0)
+
+
+def test_per_size_tables_stay_within_their_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Evaluating images of many sizes must not grow the cached tables without bound: past the budget the least
+    # recently used sizes go, and a size asked for again is rebuilt with the same values.
+    from visattn.layers import cpb
+
+    monkeypatch.setattr(cpb, "_CACHE_BYTES", 2**20)
+    cpb.cpb_index.cache_clear()
+    first = cpb.cpb_index((16, 32), (4, 8), True).clone()               # 128 x 512 int64: 0.5 MiB
+    for s in range(17, 24):
+        cpb.cpb_index((s, 32), (4, 8), True)
+        assert cpb.cpb_index.cache_bytes() <= 2**20
+    assert torch.equal(cpb.cpb_index((16, 32), (4, 8), True), first)
+    big = cpb.cpb_index((64, 128), (16, 32), True)                        # 32 MiB alone: kept, as the newest
+    assert cpb.cpb_index.cache_bytes() == big.numel() * 8
+    cpb.cpb_index.cache_clear()

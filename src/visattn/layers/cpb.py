@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -32,22 +33,54 @@ __all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask"
 _MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def _per_size_cache(build: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """``build`` cached per argument tuple in eager mode, called directly while traced.
+# Bytes of tables each per-size cache may hold: GRL's stripe tables are large (an (8192, 512) index is 32 MiB), and
+# evaluating images of many sizes must not grow memory without bound. One forward of GRL at one size needs about
+# ten entries per cache, well inside this.
+_CACHE_BYTES = 512 * 2**20
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _per_size_cache(build: Callable[..., Any]) -> Callable[..., Any]:
+    """``build`` cached per argument tuple in eager mode (least recently used first out past ``_CACHE_BYTES``), called
+    directly while traced.
 
     A symbolic size cannot key the cache, and while torch.export / torch.compile traces even fixed sizes, a cached
     tensor would be a fake one that outlives the trace and later eager calls would receive it.
     """
-    cached = functools.lru_cache(maxsize=64)(build)
+    cached: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+    total = 0
 
     @functools.wraps(build)
-    def table(*args: Any) -> Tensor:
+    def table(*args: Any) -> Any:
+        nonlocal total
         sizes = [n for arg in args if isinstance(arg, tuple) for n in arg]
         if is_symbolic(*sizes) or torch.compiler.is_compiling():
             return build(*args)
-        return cached(*args)
+        if args in cached:
+            cached.move_to_end(args)
+            return cached[args][0]
+        value = build(*args)
+        nbytes = _tensor_bytes(value)
+        cached[args] = (value, nbytes)
+        total += nbytes
+        while total > _CACHE_BYTES and len(cached) > 1:                 # the newest entry always stays
+            total -= cached.popitem(last=False)[1][1]
+        return value
 
-    table.cache_clear = cached.cache_clear                             # type: ignore[attr-defined]
+    def cache_clear() -> None:
+        nonlocal total
+        cached.clear()
+        total = 0
+
+    table.cache_clear = cache_clear                                     # type: ignore[attr-defined]
+    table.cache_bytes = lambda: total                                   # type: ignore[attr-defined]
     return table
 
 
