@@ -128,6 +128,41 @@ def test_fused_and_reference_attention_agree(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
+def test_features_only_returns_the_stage_maps(name: str) -> None:
+    # timm's features_only: the stage maps at out_indices (negative from the end), feature_info describing them, the
+    # classifier gone; same weights as the classifier it came from.
+    cls = get_model_class(name)
+    torch.manual_seed(0)
+    full = visattn.create_model(name, **cls.test_overrides).eval()
+    torch.manual_seed(0)
+    feats_net = visattn.create_model(name, features_only=True, out_indices=(0, -1), **cls.test_overrides).eval()
+    x = _input(full)
+    with torch.no_grad():
+        expected = full.forward_intermediates(x)
+        out = feats_net(x)
+    n = len(full.feature_info)
+    assert feats_net.feature_info.channels() == [full.feature_info[0]["num_chs"], full.feature_info[-1]["num_chs"]]
+    assert feats_net.feature_info.reduction() == [full.feature_info[0]["reduction"],
+                                                  full.feature_info[-1]["reduction"]]
+    assert len(out) == 2
+    torch.testing.assert_close(out[0], expected[0])
+    torch.testing.assert_close(out[1], expected[n - 1])
+    for f, channels, reduction in zip(out, feats_net.feature_info.channels(), feats_net.feature_info.reduction()):
+        assert f.shape[1] == channels
+        assert f.shape[-1] == -(-x.shape[-1] // reduction)
+    assert not any(k.startswith("model.head.") for k in feats_net.state_dict())
+    with pytest.raises(ValueError, match="out_indices"):
+        visattn.create_model(name, features_only=True, out_indices=(n,), **cls.test_overrides)
+
+
+def test_features_only_refuses_models_without_stage_features() -> None:
+    with pytest.raises(ValueError, match="features_only"):
+        visattn.create_model("grl_tiny", features_only=True, **get_model_class("grl_tiny").test_overrides)
+    with pytest.raises(ValueError, match="features_only"):
+        visattn.create_model("maxvit_tiny", out_indices=(0,))
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_backbone_api(name: str) -> None:
     model = _small(name).eval()
     x = _input(model)

@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import fnmatch
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -100,12 +100,18 @@ def get_model_config(name: str, **overrides: Any) -> Any:
     return dataclasses.replace(config, **overrides)
 
 
-def create_model(name: str, *, checkpoint: Any = None, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, checkpoint: Any = None, features_only: bool = False,
+                 out_indices: Sequence[int] | None = None, **overrides: Any) -> nn.Module:
     """Build the registered model ``name``.
 
     Args:
         name: a name from :func:`list_models`.
-        checkpoint: optional path or state dict passed to :func:`visattn.load_pretrained` (strict).
+        checkpoint: optional path or state dict passed to :func:`visattn.load_pretrained` (strict), loaded into the
+            whole model (classifier included) before ``features_only`` drops the classifier.
+        features_only: return a :class:`visattn.layers.features.FeatureListNet`: the list of stage maps at
+            ``out_indices`` (default: every stage), with ``feature_info.channels()`` / ``.reduction()``, as timm's
+            ``features_only`` models (image classifiers only).
+        out_indices: the stages ``features_only`` returns; negative indices count from the last.
         **overrides: config fields to change, e.g. ``num_classes=10``; an unknown field raises a ``ValueError``
             listing the valid ones.
     """
@@ -120,6 +126,12 @@ def create_model(name: str, *, checkpoint: Any = None, **overrides: Any) -> nn.M
         from .weights import load_pretrained
 
         load_pretrained(model, checkpoint)
+    if features_only:
+        from .layers.features import FeatureListNet
+
+        return FeatureListNet(model, out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices applies with features_only=True")
     return model
 
 
