@@ -181,6 +181,11 @@ def test_backbone_api(name: str) -> None:
     assert model.config.num_classes == 3
     with torch.no_grad():
         assert model(x).shape == (x.shape[0], 3)
+    model.reset_classifier(4, "avg")                                   # timm's (num_classes, global_pool)
+    with torch.no_grad():
+        assert model(x).shape == (x.shape[0], 4)
+    with pytest.raises(ValueError, match="global_pool"):
+        model.reset_classifier(4, "max")
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -290,3 +290,18 @@ def test_video_checkpoint_from_other_resolution_loads() -> None:
     assert dst.pos_embed_spatial.shape == (1, 16 * 16, 16) and dst.pos_embed_temporal.shape == (1, 2, 16)
     with torch.no_grad():
         assert torch.isfinite(dst(torch.randn(1, 3, 4, 64, 64))).all()
+
+
+def test_reset_classifier_switches_pooling_as_timm() -> None:
+    # reset_classifier(n, global_pool): "token" pools the class token (needs one), "avg" the map tokens.
+    overrides = visattn.registry.get_model_class("mvitv2_tiny").test_overrides
+    model = visattn.create_model("mvitv2_tiny_cls", **overrides).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens, _ = model.forward_tokens(x)
+        model.reset_classifier(0, "token")
+        torch.testing.assert_close(model(x), tokens[:, 0])
+        model.reset_classifier(0, "avg")
+        torch.testing.assert_close(model(x), tokens[:, 1:].mean(1))
+    with pytest.raises(ValueError, match="cls_token"):
+        visattn.create_model("mvitv2_tiny", **overrides).reset_classifier(5, "token")

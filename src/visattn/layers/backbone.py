@@ -30,7 +30,12 @@ class ClassifierBackbone(nn.Module):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier for ``num_classes`` (0: none, ``forward`` returns pooled features). ``global_pool`` is
+        timm's argument; these heads average-pool, so only None or "avg" are accepted."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"{type(self).__name__} pools by average only: global_pool must be None or 'avg', "
+                             f"got {global_pool!r}")
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.config = replace(self.config, num_classes=num_classes)
 

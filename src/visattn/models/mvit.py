@@ -279,7 +279,13 @@ class MViT(ClassifierBackbone):
         fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         return nn.Sequential(OrderedDict(drop=nn.Dropout(self.config.drop_rate), fc=fc))
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier for ``num_classes`` (0: none); ``global_pool`` ("avg", or "token" with a class token)
+        changes the pooling too, as in timm."""
+        if global_pool is not None:
+            if global_pool not in ("avg", "token") or (global_pool == "token" and not self.config.cls_token):
+                raise ValueError(f"global_pool must be 'avg', or 'token' with cls_token=True; got {global_pool!r}")
+            self.config = replace(self.config, global_pool=global_pool)
         self.head = self._make_head(num_classes)
         self.config = replace(self.config, num_classes=num_classes)
 
