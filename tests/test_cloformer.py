@@ -77,7 +77,7 @@ def test_feature_strides_and_plain_batchnorm() -> None:
     model = visattn.create_model("cloformer_xxs", **get_model_class("cloformer_xxs").test_overrides).eval()
     x = torch.randn(1, 3, 70, 45)
     with torch.no_grad():
-        feats = model.forward_intermediates(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
     for f, info in zip(feats, model.feature_info):
         r = info["reduction"]
         assert f.shape[1:] == (info["num_chs"], -(-70 // r), -(-45 // r))

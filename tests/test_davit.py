@@ -160,7 +160,7 @@ def test_mask_padding_changes_nothing_when_sizes_divide() -> None:
 def test_stage_map_sizes(size: tuple[int, int]) -> None:
     model = visattn.create_model("davit_tiny", **DaViT.test_overrides).eval()
     with torch.no_grad():
-        feats = model.forward_intermediates(torch.randn(1, 3, *size))
+        feats = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
     expected = [(-(-size[0] // r), -(-size[1] // r)) for r in (4, 8, 16, 32)]
     assert [tuple(f.shape[-2:]) for f in feats] == expected
     assert all(torch.isfinite(f).all() for f in feats)

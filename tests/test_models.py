@@ -138,7 +138,7 @@ def test_features_only_returns_the_stage_maps(name: str) -> None:
     feats_net = visattn.create_model(name, features_only=True, out_indices=(0, -1), **cls.test_overrides).eval()
     x = _input(full)
     with torch.no_grad():
-        expected = full.forward_intermediates(x)
+        expected = full.forward_intermediates(x, intermediates_only=True)
         out = feats_net(x)
     n = len(full.feature_info)
     assert feats_net.feature_info.channels() == [full.feature_info[0]["num_chs"], full.feature_info[-1]["num_chs"]]
@@ -167,13 +167,25 @@ def test_backbone_api(name: str) -> None:
     model = _small(name).eval()
     x = _input(model)
     with torch.no_grad():
-        feats = model.forward_intermediates(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
         assert len(feats) == len(model.feature_info)
         for f, info in zip(feats, model.feature_info):
             assert f.shape[0] == x.shape[0] and f.shape[1] == info["num_chs"]
             assert f.ndim == x.ndim
         final = model.forward_features(x)
         torch.testing.assert_close(final, feats[-1])
+        # timm's return value and selection: (final, list); a count takes the last stages, indices may be negative;
+        # stop_early ends at the last selected stage
+        last, maps = model.forward_intermediates(x)
+        torch.testing.assert_close(last, final)
+        n = len(feats)
+        _, last_two = model.forward_intermediates(x, 2)
+        torch.testing.assert_close(last_two[0], feats[n - 2])
+        early, (first,) = model.forward_intermediates(x, [-n], stop_early=True)
+        torch.testing.assert_close(early, feats[0])
+        torch.testing.assert_close(first, feats[0])
+        with pytest.raises(ValueError, match="indices"):
+            model.forward_intermediates(x, [n])
         pre = model.forward_head(final, pre_logits=True)
         assert pre.shape == (x.shape[0], model.num_features)
         torch.testing.assert_close(model.forward_head(final), model(x))

@@ -202,7 +202,7 @@ def test_odd_and_larger_inputs_run(size: tuple[int, int]) -> None:
     model = _small("mvitv2_tiny", img_size=(224, 224)).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, *size))
-        feats = model.forward_intermediates(torch.randn(1, 3, *size))
+        feats = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
     assert out.shape == (1, 7) and torch.isfinite(out).all()
     expected = [math.ceil(s / 4) for s in size]
     for f in feats:
@@ -276,7 +276,7 @@ def test_video_forward_backward_tiny(name: str) -> None:
     out.sum().backward()
     _assert_grads_except_last_query_path(model)
     with torch.no_grad():
-        feats = model.eval().forward_intermediates(x)
+        feats = model.eval().forward_intermediates(x, intermediates_only=True)
     assert [tuple(f.shape[2:]) for f in feats] == [(3, 10, 9), (3, 5, 5), (3, 3, 3), (3, 2, 2)]
     # MViT v1 grows channels at the end of a stage, MViTv2 at the start
     channels = (16, 16, 32, 32) if name == "mvit_v1_base_16x4" else (8, 16, 16, 32)

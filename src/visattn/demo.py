@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"input        skimage.data.{args.image}(): {tuple(x.shape)}")
     with torch.inference_mode():
         start = time.perf_counter()
-        feats = model.forward_intermediates(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
         logits = model.forward_head(feats[-1])
         elapsed = time.perf_counter() - start
     for i, f in enumerate(feats):

@@ -173,7 +173,7 @@ def attention_maps(model: nn.Module, x: Tensor, query: tuple[float, float],
 def receptive_field(model: nn.Module, x: Tensor, query: tuple[float, float], stage: int) -> Tensor:
     """|d feature(stage, query) / d input| summed over channels: (H, W) map of what the query feature sees."""
     x = x.clone().requires_grad_(True)
-    feats = model.forward_intermediates(x)[stage]                      # (1, C, h, w)
+    feats = model.forward_intermediates(x, intermediates_only=True)[stage]  # (1, C, h, w)
     h, w = feats.shape[-2:]
     qy, qx = min(int(query[0] * h), h - 1), min(int(query[1] * w), w - 1)
     feats[0, :, qy, qx].sum().backward()

@@ -2,11 +2,13 @@
 
 A model inheriting :class:`ClassifierBackbone` provides ``config`` (with ``in_chans`` and ``num_classes``),
 ``min_input_size``, ``stages`` (each with a ``grad_checkpointing`` flag), ``head`` (with an ``fc`` and a
-``forward(x, pre_logits)``), ``num_features`` and ``forward_features``; the rest comes from here.
+``forward(x, pre_logits)``), ``num_features``, ``feature_info`` (one entry per stage), ``forward_features`` and
+``_stage_maps(x, last)``; the rest comes from here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from torch import Tensor, nn
@@ -38,6 +40,39 @@ class ClassifierBackbone(nn.Module):
                              f"got {global_pool!r}")
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.config = replace(self.config, num_classes=num_classes)
+
+    def _stage_maps(self, x: Tensor, last: int) -> list[Tensor]:
+        """The output maps of stages 0..``last``, (B, C_i, (T_i,) H_i, W_i) each."""
+        raise NotImplementedError
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, *, stop_early: bool = False,
+                              intermediates_only: bool = False) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
+        """Stage output maps for dense tasks, with timm's arguments and return value.
+
+        Args:
+            x: (B, in_chans, H, W) images (or videos for the video models).
+            indices: which stages: None all, an int n the last n, or a sequence of indices (negative from the end).
+            stop_early: run no stage after the last selected one (the final map is then that stage's).
+            intermediates_only: return only the list.
+
+        Returns:
+            (final map, [map per selected stage]) - the final map is ``forward_features(x)`` unless ``stop_early``
+            cut the stages short - or just the list. Widths and strides are in ``feature_info``.
+        """
+        n = len(self.feature_info)
+        if indices is None:
+            take = list(range(n))
+        elif isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices as a count must be in 1..{n} ({n} stages), got {indices}")
+            take = list(range(n - indices, n))
+        else:
+            if not indices or any(not isinstance(i, int) or not -n <= i < n for i in indices):
+                raise ValueError(f"indices must be stage indices in [-{n}, {n - 1}] ({n} stages), got {indices}")
+            take = [i % n for i in indices]
+        maps = self._stage_maps(x, max(take) if stop_early else n - 1)
+        selected = [maps[i] for i in take]
+        return selected if intermediates_only else (maps[-1], selected)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Shape: (B, C, h, w) -> (B, num_classes), or (B, num_features) with ``pre_logits``."""

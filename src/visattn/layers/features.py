@@ -33,11 +33,11 @@ class FeatureListNet(nn.Module):
     """A model's ``forward_intermediates`` maps at ``out_indices`` (default: every stage); the classifier is dropped.
 
     Args:
-        model: a model with ``forward_intermediates(x) -> list`` and one ``feature_info`` entry per stage.
+        model: a model with timm's ``forward_intermediates`` and one ``feature_info`` entry per stage.
         out_indices: stage indices, negative ones counting from the last stage.
 
-    Shape: (B, in_chans, H, W) -> [(B, channels()[i], ceil(H / reduction()[i]), ...) for each index]. Every stage
-    runs, also those after the last index (``forward_intermediates`` has no early stop).
+    Shape: (B, in_chans, H, W) -> [(B, channels()[i], ceil(H / reduction()[i]), ...) for each index]. No stage
+    after the last index runs.
     """
 
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None):
@@ -57,5 +57,4 @@ class FeatureListNet(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        features = self.model.forward_intermediates(x)
-        return [features[i] for i in self.out_indices]
+        return self.model.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)

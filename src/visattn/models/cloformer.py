@@ -256,12 +256,12 @@ class CloFormer(ClassifierBackbone):
         self._check_input(x)
         return self.stages(self.stem(x))
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The output of every stage (widths and strides in ``feature_info``), for dense tasks."""
+    def _stage_maps(self, x: Tensor, last: int) -> list[Tensor]:
+        """Stage outputs 0..last (widths and strides in ``feature_info``)."""
         self._check_input(x)
         x = self.stem(x)
         features = []
-        for stage in self.stages:
+        for stage in self.stages[:last + 1]:
             x = stage(x)
             features.append(x)
         return features

@@ -223,12 +223,12 @@ class DaViT(ClassifierBackbone):
         self._check_input(x)
         return self.stages(self.stem(x)).permute(0, 3, 1, 2)           # (B, C, h, w)
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The output of every stage, (B, dims[i], H / 2^(i+2), W / 2^(i+2)) (rounded up), for dense tasks."""
+    def _stage_maps(self, x: Tensor, last: int) -> list[Tensor]:
+        """Stage outputs 0..last, (B, dims[i], H / 2^(i+2), W / 2^(i+2)) (rounded up)."""
         self._check_input(x)
         x = self.stem(x)
         features = []
-        for stage in self.stages:
+        for stage in self.stages[:last + 1]:
             x = stage(x)
             features.append(x.permute(0, 3, 1, 2))                     # (B, C, h, w)
         return features

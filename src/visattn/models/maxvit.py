@@ -214,12 +214,12 @@ class MaxViT(ClassifierBackbone):
         self._check_input(x)
         return self.stages(self.stem(self._to_channels_last(x)))
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The output of every stage, (B, dims[i], H / 2^(i+2), W / 2^(i+2)) (rounded up), for dense tasks."""
+    def _stage_maps(self, x: Tensor, last: int) -> list[Tensor]:
+        """Stage outputs 0..last, (B, dims[i], H / 2^(i+2), W / 2^(i+2)) (rounded up)."""
         self._check_input(x)
         x = self.stem(self._to_channels_last(x))
         features = []
-        for stage in self.stages:
+        for stage in self.stages[:last + 1]:
             x = stage(x)
             features.append(x)
         return features

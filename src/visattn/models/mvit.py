@@ -334,11 +334,11 @@ class MViT(ClassifierBackbone):
         """Shape: (B, in_chans, ((T,) H, W) -> (B, num_features, ((T',) H/32, W/32) (rounded up), normalised."""
         return self._to_map(*self.forward_tokens(x))
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The output map of every stage, (B, C_i, ((T',) H/2^(i+2), W/2^(i+2)); the last one normalised."""
+    def _stage_maps(self, x: Tensor, last: int) -> list[Tensor]:
+        """Stage output maps 0..last, (B, C_i, ((T',) H/2^(i+2), W/2^(i+2)); the last stage's normalised."""
         x, size = self._embed(x)
         features = []
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(self.stages[:last + 1]):
             x, size = stage(x, size)
             features.append(self._to_map(self.norm(x) if i == len(self.stages) - 1 else x, size))
         return features
