@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import load_golden
 from tests.test_cli_train import PNG, TINY_MODEL, visattn
+import visattn as visattn_api
 from visattn.cli import main
 
 
@@ -53,12 +54,26 @@ def test_convert_timm_checkpoint_reproduces_reference(tmp_path: Path) -> None:
     assert "verified" in proc.stdout and "10 classes" in proc.stdout
     info = json.loads(out.with_suffix(".json").read_text())
     assert info["model"] == "maxvit_tiny" and info["config"]["num_classes"] == 10 and info["img_size"] == 128
+    # no --crop-pct / --mean / --std: the family's preprocessing (timm's maxvit_*_tf_224: 0.95, ImageNet statistics)
+    assert info["crop_pct"] == 0.95 and info["mean"] == [0.485, 0.456, 0.406]
 
     from visattn.checkpoint import load_model
 
     model, _ = load_model(out)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+
+def test_pretrained_cfg_describes_each_family_as_timm() -> None:
+    # timm.data.resolve_data_config(model=...) reads this attribute; values of timm 1.0.31's default tags.
+    expected = {"maxvit_tiny": 0.95, "davit_tiny": 0.95, "mvitv2_tiny": 0.9, "cloformer_xxs": 0.875}
+    for name, crop in expected.items():
+        with torch.device("meta"):
+            cfg = visattn_api.create_model(name).pretrained_cfg
+        assert cfg["crop_pct"] == crop and cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == 1000
+        assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["interpolation"] == "bicubic"
+    with torch.device("meta"):
+        assert visattn_api.create_model("maxvit_xlarge").pretrained_cfg["mean"] == (0.5, 0.5, 0.5)  # in21k tag
+
 
 def test_convert_refuses_another_architecture(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     _, state, _, _ = load_golden("maxvit_tf_p4_128")

@@ -23,9 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", help="output .safetensors (default: <source stem>.visattn.safetensors)")
     p.add_argument("--classes", help="text file with one class name per line")
     p.add_argument("--img-size", type=int, default=224, help="input size recorded for inference (default 224)")
-    p.add_argument("--crop-pct", type=float, default=0.875)
-    p.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406))
-    p.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
+    p.add_argument("--crop-pct", type=float, help="eval centre-crop fraction (default: the model's pretrained_cfg, "
+                                                  "e.g. 0.95 for MaxViT / DaViT, 0.9 for MViTv2 as in timm)")
+    p.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: the model's pretrained_cfg)")
+    p.add_argument("--std", type=float, nargs=3, help="normalisation std (default: the model's pretrained_cfg)")
     p.set_defaults(run=run)
 
 
@@ -83,8 +84,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else src.with_name(f"{src.stem}.visattn.safetensors")
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out}")
+    data = getattr(model, "pretrained_cfg", {})                      # the family's preprocessing (timm's values)
+    crop_pct = args.crop_pct if args.crop_pct is not None else data.get("crop_pct", 0.875)
+    mean = list(args.mean if args.mean is not None else data.get("mean", (0.485, 0.456, 0.406)))
+    std = list(args.std if args.std is not None else data.get("std", (0.229, 0.224, 0.225)))
     meta = model_meta(model, task="classification", classes=classes, img_size=args.img_size,
-                      crop_pct=args.crop_pct, mean=list(args.mean), std=list(args.std), converted_from=str(src))
+                      crop_pct=crop_pct, mean=mean, std=std, converted_from=str(src))
     weights = export_model(out.parent, model.state_dict(), meta, stem=out.name[: -len(".safetensors")])
     written = load_file(weights)
     own = model.state_dict()

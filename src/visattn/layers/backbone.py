@@ -23,6 +23,22 @@ class ClassifierBackbone(nn.Module):
 
     min_input_size: int
     input_ndim = 4
+    # Preprocessing of the weights people load into this family, as timm 1.0.31's default tag of the matching timm
+    # model says (mean / std, eval centre-crop fraction, resize interpolation); ``data_variants`` overrides per
+    # visattn variant. Read through ``pretrained_cfg`` (timm's attribute, so timm.data.resolve_data_config(model=...)
+    # understands it) and used by ``visattn convert`` when no --mean / --std / --crop-pct is given.
+    data_defaults: dict = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875,
+                           "interpolation": "bicubic"}
+    data_variants: dict[str, dict] = {}
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm-style data config: input_size, mean, std, crop_pct, crop_mode, interpolation, num_classes."""
+        size = getattr(self.config, "img_size", 224)
+        size = tuple(size)[-2:] if isinstance(size, (tuple, list)) else (size, size)
+        cfg = {"input_size": (self.config.in_chans, *size), "crop_mode": "center", **self.data_defaults,
+               **self.data_variants.get(getattr(self, "variant_name", ""), {})}
+        return {**cfg, "num_classes": self.config.num_classes}
 
     def _check_input(self, x: Tensor) -> None:
         check_image(x, self.config.in_chans, who=type(self).__name__, min_size=self.min_input_size,

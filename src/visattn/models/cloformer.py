@@ -213,6 +213,9 @@ class CloFormer(ClassifierBackbone):
     output already has the next stage's width and stride (``feature_info`` lists them).
     """
 
+    # The official evaluation (classification/data/build.py, Swin's transform) resizes to 256 / 224 of the input
+    # and centre-crops: crop 0.875, bicubic, ImageNet mean / std - the ClassifierBackbone defaults.
+
     config_class = CloFormerConfig
     min_input_size = 32  # the total stride; smaller inputs would reach the last stages as 1x1 maps
     # A reduced config with every code path of the family (two local groups with different kernels, a stage without

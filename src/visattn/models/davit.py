@@ -191,6 +191,8 @@ class DaViT(ClassifierBackbone):
         config: a :class:`DaViTConfig` (see ``VARIANTS``).
     """
 
+    data_defaults = {**ClassifierBackbone.data_defaults, "crop_pct": 0.95}  # timm davit_* msft_in1k
+
     config_class = DaViTConfig
     min_input_size = 32  # the total stride: below it every stage past the stem is mostly padding
     # A reduced config with every code path of the family, used by the generic tests. The default test input

@@ -178,6 +178,11 @@ class MaxViT(ClassifierBackbone):
         config: a :class:`MaxViTConfig` (see ``VARIANTS``).
     """
 
+    # timm's maxvit_*_tf_224 in1k weights: ImageNet mean / std, centre crop 0.95; its xlarge default tag is in21k with
+    # mean = std = 0.5
+    data_defaults = {**ClassifierBackbone.data_defaults, "crop_pct": 0.95}
+    data_variants = {"maxvit_xlarge": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}}
+
     config_class = MaxViTConfig
     min_input_size = 32
     # A reduced config with every code path of the family, used by the generic tests.

@@ -222,6 +222,8 @@ class MViT(ClassifierBackbone):
         config: a :class:`MViTConfig` (see ``VARIANTS``).
     """
 
+    data_defaults = {**ClassifierBackbone.data_defaults, "crop_pct": 0.9}  # timm mvitv2_* fb_in1k
+
     config_class = MViTConfig
     min_input_size = 32
     # A reduced config with every image code path: Q/KV pooling with rel-pos tables sized for another input (so
