@@ -239,6 +239,11 @@ def test_train_sr_on_a_folder_with_a_benchmark(tmp_path) -> None:
     assert math.isfinite(summary["val_psnr"]) and math.isfinite(summary["val_bicubic_psnr"])
     meta = json.loads((run / "model.json").read_text())
     assert meta["task"] == "sr" and meta["scale"] == 2 and meta["config"]["upscale"] == 2
+    # eval without --data uses the recorded evaluation images and reproduces the run's final validation
+    assert main(["eval", "--checkpoint", str(run), "--threads", "1"]) == 0
+    report = json.loads((run / "eval.json").read_text())
+    assert report["val_count"] == 2 and report["data"] == str(tmp_path / "Set2")
+    assert report["val_psnr"] == pytest.approx(summary["val_psnr"], abs=1e-3)
     assert main(["restore", "--checkpoint", str(run), "--threads", "1", str(bench / "b0.png")]) == 0
     assert (bench / "b0_x2.png").is_file()
 
@@ -332,3 +337,31 @@ def test_benchmark_folder_uses_given_lr(tmp_path) -> None:
     items = {n: (hr, lr) for n, hr, lr in load_benchmark(root, 2, 3)}
     assert items["a"][0].shape == (3, 34, 30) and int(items["a"][1][0, 0, 0]) == 99
     assert items["b"][1] is None
+
+
+def test_eval_cli_reports_psnr_of_a_restoration_checkpoint(sr_run, tmp_path, capsys) -> None:
+    # `visattn eval` on an SR checkpoint: PSNR / SSIM over a folder of HR images, the same numbers as the task's own
+    # evaluation of the same model and images, written to eval.json; wrong task or no data: one-line errors.
+    from visattn.checkpoint import load_model
+    from visattn.tasks.restoration import RestorationData, RestorationTask, load_benchmark
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    g = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(g.integers(0, 255, (26, 30, 3), dtype=np.uint8)).save(hr / f"h{i}.png")
+    assert main(["eval", "--checkpoint", str(sr_run), "--data", str(hr), "--out", str(tmp_path / "ev"),
+                 "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["task"] == "sr" and report["scale"] == 2 and report["val_count"] == 2
+    model, _ = load_model(sr_run)
+    items = load_benchmark(hr, 2, 3)
+    expected = RestorationTask(RestorationData(train=[], val=items, source={}), task="sr", scale=2,
+                               patch=2).evaluate(model)
+    assert report["val_psnr"] == pytest.approx(expected["val_psnr"]) and math.isfinite(report["val_psnr"])
+    assert report["val_bicubic_psnr"] == pytest.approx(expected["val_bicubic_psnr"])
+    assert "PSNR" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(sr_run), "--data", str(hr), "--task", "denoise"]) == 1
+    assert "super-resolution model, not a denoise one" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(sr_run)]) == 1
+    assert "pass --data" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``visattn eval``: top-1 / top-5 accuracy, loss and a confusion matrix of a checkpoint on a data split.
+"""``visattn eval``: top-1 / top-5 accuracy, loss and a confusion matrix of a checkpoint on a data split (image
+classifiers); Dice for few-shot segmentation, PSNR / SSIM for super-resolution and denoising models.
 
     visattn eval --checkpoint runs/digits                  # the split the run was validated on
     visattn eval --checkpoint model.safetensors --data path/to/imagefolder --out eval/
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import _fewshot
+from . import _fewshot, _restoration
 from ._common import add_runtime_args
 
 
@@ -24,8 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only N images")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--out", "-o", help="folder for eval.json and confusion.png (default: beside the checkpoint)")
-    p.add_argument("--task", choices=["classification", "fewshot"],
-                   help="default: the checkpoint's task (fewshot: Dice on held-out classes, see below)")
+    p.add_argument("--task", choices=["classification", "fewshot", "sr", "denoise"],
+                   help="default: the checkpoint's task (fewshot: Dice on held-out classes, see below; sr / denoise: "
+                        "PSNR and SSIM of a restoration model against bicubic / the noisy input, --data a folder "
+                        "of HR images or a benchmark folder with HR/ and LR_bicubic/X<s>/)")
     _fewshot.add_eval_args(p)
     add_runtime_args(p)
     p.set_defaults(run=run)
@@ -48,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_model(args.checkpoint, model_name=args.model)
     if meta.get("task") == "fewshot" and args.task is None:
         return _fewshot.run_eval(args)
+    if args.task in ("sr", "denoise") or getattr(model, "task", None) == "restoration":
+        return _restoration.run_eval(args, model, meta, device)
     if meta.get("task", "classification") != "classification":
         raise ValueError(f"{args.checkpoint} is a {meta['task']} model; eval handles classification checkpoints")
     saved_data = meta.get("data", {})

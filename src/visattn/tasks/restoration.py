@@ -559,7 +559,8 @@ class RestorationTask:
         self.sigma, self.patch, self.channels, self.eval_tile = float(sigma), patch, channels, eval_tile
         self.data = data
         count = max(_PATCHES_PER_IMAGE * len(data.train), 1)
-        self.train_set = PatchDataset([x for _, x in data.train], patch, count, seed)
+        # no training images: an evaluation-only task (``visattn eval``)
+        self.train_set = PatchDataset([x for _, x in data.train], patch, count, seed) if data.train else None
         self.val_set = EvalImages(data.val)
         self.img_size = patch // self.scale                                 # model input size in training
         self._baseline: dict[str, float] | None = None
