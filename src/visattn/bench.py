@@ -253,7 +253,8 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
             except (NotImplementedError, RuntimeError):
                 row["gmacs"] = None
             if max_tokens is not None and size[0] * size[1] > max_tokens:
-                row.update(ms=None, img_per_s=None, ms_min=None, peak_mem_mb=None, note=f"skipped: more than {max_tokens} tokens")
+                row.update(ms=None, img_per_s=None, ms_min=None, peak_mem_mb=None,
+                           note=f"skipped: more than {max_tokens} tokens")
                 yield row
                 continue
             x = torch.randn(shape, device=device, requires_grad=mode == "fwdbwd")

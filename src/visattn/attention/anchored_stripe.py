@@ -17,11 +17,9 @@ multiple of the down factor. Sizes that divide are unaffected.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.attend import key_padding_bias
 from ..layers.checks import check_image
 from ..layers.cpb import (
     CosineAttnTransform,
@@ -30,7 +28,7 @@ from ..layers.cpb import (
     cosine_qk,
     cpb_coords,
     cpb_index,
-    shift_region_mask,
+    dense_window_bias,
     window_classes,
 )
 from ..layers.partition import (
@@ -38,7 +36,7 @@ from ..layers.partition import (
     is_symbolic,
     needs_padding,
     pad_to_multiple,
-    valid_token_mask,
+    roll_maps,
     window_partition,
     window_reverse,
 )
@@ -46,19 +44,6 @@ from ..layers.pool import ceil_avg_pool2d
 from ..registry import register_attention
 
 __all__ = ["AnchorProjection", "AnchoredStripeCore", "AnchoredStripeAttention"]
-
-
-def _roll(x: Tensor, shifts: tuple[int, int], dims: tuple[int, int]) -> Tensor:
-    """``torch.roll`` by less than a full turn (|shift| < size); by symbolic amounts (grouped stripes, traced) a
-    gather, as the ONNX converter's roll (and remainder) take constant amounts only."""
-    if not is_symbolic(*shifts):
-        return torch.roll(x, shifts=shifts, dims=dims)
-    for shift, dim in zip(shifts, dims):
-        n = x.shape[dim]
-        source = torch.arange(n, device=x.device) - shift                # out[i] = x[(i - shift) mod n]
-        source = torch.where(source < 0, source + n, source)
-        x = x.index_select(dim, torch.where(source >= n, source - n, source))
-    return x
 
 
 class AnchorProjection(nn.Module):
@@ -137,8 +122,8 @@ class AnchoredStripeCore(nn.Module):
         else:
             shifted = shift != (0, 0)
         if shifted:
-            qkv = _roll(qkv, (-shift[0], -shift[1]), (1, 2))
-            anchor = _roll(anchor, (-a_shift[0], -a_shift[1]), (1, 2))
+            qkv = roll_maps(qkv, (-shift[0], -shift[1]), (1, 2))
+            anchor = roll_maps(anchor, (-a_shift[0], -a_shift[1]), (1, 2))
         windows = window_partition(qkv, size)                              # (B*nWin, S0, S1, 3C)
         n_win = windows.shape[0] // B
         q, k, v = windows.reshape(B, n_win, N1, 3, nh, C // nh).permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3x(B, nWin, nh, N1, hd)
@@ -153,45 +138,18 @@ class AnchoredStripeCore(nn.Module):
         q2, a2 = cosine_qk(q, a, self.attn_transform2.scale())
         pixels, anchors = ((Hp, Wp), size, shift), ((Hp // df, Wp // df), a_size, a_shift)
         if is_symbolic(Hp, Wp):  # traced with dynamic sizes: dense masks over all windows
-            bias1, bias2 = self._dense_biases(bias1, bias2, pixels, anchors, (H, W), (Ha, Wa), shifted)
-            z = attend_windows(a1, k1, v, bias1)                            # (B, nWin, nh, N2, hd)
-            out = attend_windows(q2, a2, z, bias2)                          # (B, nWin, nh, N1, hd)
+            z = attend_windows(a1, k1, v, dense_window_bias(bias1, *anchors, *pixels, (H, W), shifted))
+            out = attend_windows(q2, a2, z, dense_window_bias(bias2, *pixels, *anchors, (Ha, Wa), shifted))
         else:
             z = attend_window_classes(a1, k1, v, bias1, window_classes(*anchors, *pixels, (H, W)))
             out = attend_window_classes(q2, a2, z, bias2, window_classes(*pixels, *anchors, (Ha, Wa)))
         out = out.permute(0, 1, 3, 2, 4).reshape(B * n_win, size[0], size[1], C)  # (B*nWin, S0, S1, C)
         out = window_reverse(out, size, (Hp, Wp))                           # (B, Hp, Wp, C)
         if shifted:
-            out = _roll(out, shift, (1, 2))
+            out = roll_maps(out, shift, (1, 2))
         if needs_padding(pad):
             out = crop_padding(out, (H, W))
         return out
-
-
-    def _dense_biases(self, bias1: Tensor, bias2: Tensor, pixels: tuple, anchors: tuple, size: tuple[int, int],
-                      anchor_size: tuple[int, int], shifted: bool) -> tuple[Tensor, Tensor]:
-        """Position biases plus every window's shift and padding masks, (nWin, nh, N2, N1) and (nWin, nh, N1, N2)
-        (or the shared (nh, ...) biases when no mask applies). :func:`window_classes` gives the same masks grouped;
-        this form traces with symbolic sizes. ``pixels`` / ``anchors``: (map size, stripe size, shift) of each grid."""
-        (pixel_map, size_px, shift_px), (anchor_map, size_a, shift_a) = pixels, anchors
-        device = bias1.device
-        if shifted:
-            bias1 = bias1 + shift_region_mask(*anchors, *pixels).to(device)[:, None]
-            bias2 = bias2 + shift_region_mask(*pixels, *anchors).to(device)[:, None]
-        pad = (pixel_map[0] - size[0], pixel_map[1] - size[1])
-        if needs_padding(pad):                                              # always while traced (amounts may be 0)
-            valid_px = valid_token_mask(*size, pad, device)                 # (1, Hp, Wp, 1)
-            a_pad = (anchor_map[0] - anchor_size[0], anchor_map[1] - anchor_size[1])
-            valid_anchor = valid_token_mask(*anchor_size, a_pad, device)   # (1, Hp/s, Wp/s, 1)
-            if shifted:
-                valid_px = _roll(valid_px, (-shift_px[0], -shift_px[1]), (1, 2))
-                valid_anchor = _roll(valid_anchor, (-shift_a[0], -shift_a[1]), (1, 2))
-            N1, N2 = size_px[0] * size_px[1], size_a[0] * size_a[1]
-            valid_px = window_partition(valid_px, size_px).reshape(-1, N1)           # (nWin, N1)
-            valid_anchor = window_partition(valid_anchor, size_a).reshape(-1, N2)    # (nWin, N2)
-            bias1 = bias1 + key_padding_bias(valid_px, bias1.dtype)        # (nWin, nh, N2, N1)
-            bias2 = bias2 + key_padding_bias(valid_anchor, bias2.dtype)    # (nWin, nh, N1, N2)
-        return bias1, bias2
 
 
 @register_attention("anchored_stripe")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..layers.attend import key_padding_bias
 from ..layers.checks import check_image
 from ..layers.cpb import (
     CosineAttnTransform,
@@ -24,7 +23,7 @@ from ..layers.cpb import (
     cosine_qk,
     cpb_coords,
     cpb_index,
-    shift_region_mask,
+    dense_window_bias,
     window_classes,
 )
 from ..layers.partition import (
@@ -33,7 +32,6 @@ from ..layers.partition import (
     needs_padding,
     pad_to_multiple,
     to_2tuple,
-    valid_token_mask,
     window_partition,
     window_reverse,
 )
@@ -82,12 +80,12 @@ class ShiftedWindowCosineAttention(nn.Module):
         bias = self.attn_transform.bias(cpb_coords(self.window_size).to(device),
                                         cpb_index(self.window_size).to(device))  # (nh, N, N)
         q, k = cosine_qk(q, k, self.attn_transform.scale())
+        grid = ((Hp, Wp), self.window_size, self.shift_size)               # queries and keys: the same windows
         if is_symbolic(Hp, Wp):  # traced with dynamic sizes: one dense mask over all windows
-            out = attend_windows(q, k, v, self._dense_bias(bias, (H, W), pad))   # (B, nWin, nh, N, hd)
+            out = attend_windows(q, k, v, dense_window_bias(bias, *grid, *grid, (H, W), shifted))
         else:
-            classes = window_classes((Hp, Wp), self.window_size, self.shift_size, (Hp, Wp), self.window_size,
-                                     self.shift_size, (H, W))
-            out = attend_window_classes(q, k, v, bias, classes)              # (B, nWin, nh, N, hd)
+            out = attend_window_classes(q, k, v, bias, window_classes(*grid, *grid, (H, W)))
+        # out: (B, nWin, nh, N, hd)
         out = out.permute(0, 1, 3, 2, 4).reshape(B * n_win, p0, p1, C)     # (B*nWin, p0, p1, C)
         out = window_reverse(out, self.window_size, (Hp, Wp))               # (B, Hp, Wp, C)
         if shifted:
@@ -95,24 +93,6 @@ class ShiftedWindowCosineAttention(nn.Module):
         if needs_padding(pad):
             out = crop_padding(out, (H, W))
         return out
-
-    def _dense_bias(self, bias: Tensor, size: tuple[int, int], pad: tuple[int, int]) -> Tensor:
-        """(nh, N, N) position bias plus the shift and padding masks of every window: (nWin, nh, N, N), or (nh, N, N)
-        when neither applies. :func:`window_classes` gives the same masks grouped; this form traces with symbolic
-        sizes."""
-        (H, W), device, N = size, bias.device, bias.shape[-1]
-        Hp, Wp = H + pad[0], W + pad[1]
-        shifted = self.shift_size != (0, 0)
-        if shifted:
-            region = shift_region_mask((Hp, Wp), self.window_size, self.shift_size).to(device)  # (nWin, N, N)
-            bias = bias + region[:, None]                                   # (nWin, nh, N, N)
-        if needs_padding(pad):                                              # always while traced (amounts may be 0)
-            valid = valid_token_mask(H, W, pad, device)                     # (1, Hp, Wp, 1)
-            if shifted:
-                valid = torch.roll(valid, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-            valid = window_partition(valid, self.window_size).reshape(-1, N)  # (nWin, N)
-            bias = bias + key_padding_bias(valid, bias.dtype)               # (nWin, nh, N, N)
-        return bias
 
 
 @register_attention("window_v2")

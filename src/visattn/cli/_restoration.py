@@ -23,10 +23,9 @@ def run_eval(args: argparse.Namespace, model: "nn.Module", meta: dict[str, Any],
 
     from ..checkpoint import resolve_model_file, write_json_atomic
     from ..tasks.restoration import (
-        EVAL_PHOTOS,
         RestorationData,
         RestorationTask,
-        builtin_photos,
+        builtin_eval_items,
         load_benchmark,
         load_restoration_data,
     )
@@ -48,8 +47,7 @@ def run_eval(args: argparse.Namespace, model: "nn.Module", meta: dict[str, Any],
         if path.is_dir():
             items = load_benchmark(path, scale, channels)
         elif args.data == "photos":
-            items = [(n, x[..., : x.shape[-2] // scale * scale, : x.shape[-1] // scale * scale], None)
-                     for n, x in builtin_photos(EVAL_PHOTOS, channels)]
+            items = builtin_eval_items(scale, channels)
         else:
             raise ValueError(f"--data {args.data}: not a folder of images (or the built-in 'photos')")
         source = args.data

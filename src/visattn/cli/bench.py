@@ -185,7 +185,7 @@ def environment_report(argv: list[str], device: object, threads: int | None) -> 
 def _slope(rows: list[dict], name: str, metric: str) -> str:
     import math
 
-    pts = sorted((r["pixels"], r[metric]) for r in rows if r["name"] == name and r.get(metric))
+    pts = _points(rows, name, metric)
     if len(pts) < 2 or pts[0][0] == pts[-1][0]:
         return "-"
     (x0, y0), (x1, y1) = pts[0], pts[-1]

@@ -5,8 +5,8 @@
     visattn export davit_tiny --format onnx --no-dynamic-size --size 224 --out davit_224.onnx
 
 Batch, height and width (and frames, for video models) are dynamic by default (``--no-dynamic-size`` fixes the
-sizes). The exported graph is run once at the tracing size and compared with eager PyTorch before the command reports success.
-Models whose code would freeze a dynamic size are refused with the dimension and the reason. Few-shot models
+sizes). The exported graph is run once at the tracing size and compared with eager PyTorch before the command reports
+success. Models whose code would freeze a dynamic size are refused with the dimension and the reason. Few-shot models
 (CAT-Net) are traced with random support images (2 shots, a size of their own) and masks; the graph's inputs are
 ``x``, ``support`` (B, K, C, Hs, Ws) and ``support_mask`` (B, K, Hs, Ws), the shot count and support size dynamic
 too.

@@ -15,7 +15,20 @@ from torch import Tensor, nn
 
 from .checks import check_image
 
-__all__ = ["ClassifierBackbone"]
+__all__ = ["ClassifierBackbone", "stage_indices"]
+
+
+def stage_indices(indices: int | Sequence[int] | None, n: int, what: str = "indices") -> list[int]:
+    """timm's stage selection over ``n`` stages: None all, an int k the last k, or indices (negative from the end)."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"{what} as a count must be in 1..{n} ({n} stages), got {indices}")
+        return list(range(n - indices, n))
+    if not indices or any(not isinstance(i, int) or not -n <= i < n for i in indices):
+        raise ValueError(f"{what} must be stage indices in [-{n}, {n - 1}] ({n} stages), got {indices}")
+    return [i % n for i in indices]
 
 
 class ClassifierBackbone(nn.Module):
@@ -76,16 +89,7 @@ class ClassifierBackbone(nn.Module):
             cut the stages short - or just the list. Widths and strides are in ``feature_info``.
         """
         n = len(self.feature_info)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices as a count must be in 1..{n} ({n} stages), got {indices}")
-            take = list(range(n - indices, n))
-        else:
-            if not indices or any(not isinstance(i, int) or not -n <= i < n for i in indices):
-                raise ValueError(f"indices must be stage indices in [-{n}, {n - 1}] ({n} stages), got {indices}")
-            take = [i % n for i in indices]
+        take = stage_indices(indices, n)
         maps = self._stage_maps(x, max(take) if stop_early else n - 1)
         selected = [maps[i] for i in take]
         return selected if intermediates_only else (maps[-1], selected)

@@ -23,11 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attend import attend
-from .partition import is_symbolic, symbolic_reshape
+from .attend import attend, key_padding_bias
+from .partition import (
+    is_symbolic,
+    needs_padding,
+    roll_maps,
+    symbolic_reshape,
+    valid_token_mask,
+    window_partition,
+)
 
-__all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask", "window_classes", "cosine_qk",
-           "attend_windows", "attend_window_classes"]
+__all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask", "window_classes",
+           "dense_window_bias", "cosine_qk", "attend_windows", "attend_window_classes"]
 
 # Swin V2 / GRL clamp the learnable logit scale at log(1 / 0.01), i.e. a temperature of at most 100.
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -225,6 +232,26 @@ def window_classes(query_map: tuple[int, int], query_window: tuple[int, int], qu
             index = (torch.tensor(row_ids)[:, None] * n_cols + torch.tensor(col_ids)[None, :]).reshape(-1)
             classes.append((index, mask))
     return classes
+
+
+def dense_window_bias(bias: Tensor, query_map: tuple[int, int], query_window: tuple[int, int],
+                      query_shift: tuple[int, int], key_map: tuple[int, int], key_window: tuple[int, int],
+                      key_shift: tuple[int, int], key_real: tuple[int, int], shifted: bool) -> Tensor:
+    """``bias`` (nh, Nq, Nk) plus every window's shift and key-padding mask: (nWin, nh, Nq, Nk), or ``bias`` itself
+    when neither applies. The masks of :func:`window_classes` (same arguments) one per window: the form that traces
+    with symbolic sizes (torch.export), where the grouping cannot be computed."""
+    device = bias.device
+    if shifted:
+        region = shift_region_mask(query_map, query_window, query_shift, key_map, key_window, key_shift)
+        bias = bias + region.to(device)[:, None]                        # (nWin, nh, Nq, Nk)
+    pad = (key_map[0] - key_real[0], key_map[1] - key_real[1])
+    if needs_padding(pad):                                              # always while traced (amounts may be 0)
+        valid = valid_token_mask(*key_real, pad, device)                # (1, Hk, Wk, 1)
+        if shifted:
+            valid = roll_maps(valid, (-key_shift[0], -key_shift[1]), (1, 2))
+        valid = window_partition(valid, key_window).reshape(-1, key_window[0] * key_window[1])  # (nWin, Nk)
+        bias = bias + key_padding_bias(valid, bias.dtype)               # (nWin, nh, Nq, Nk)
+    return bias
 
 
 def cosine_qk(q: Tensor, k: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:

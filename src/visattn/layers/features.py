@@ -10,6 +10,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .backbone import stage_indices
+
 __all__ = ["FeatureInfo", "FeatureListNet"]
 
 
@@ -46,11 +48,8 @@ class FeatureListNet(nn.Module):
         if not hasattr(model, "forward_intermediates") or not stages:
             raise ValueError(f"{type(model).__name__} has no per-stage features: features_only needs a model with "
                              "forward_intermediates (the image classifiers)")
-        n = len(stages)
-        indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
-        if not indices or any(not isinstance(i, int) or not -n <= i < n for i in indices):
-            raise ValueError(f"out_indices must be stage indices in [-{n}, {n - 1}] ({n} stages), got {out_indices}")
-        self.out_indices = tuple(i % n for i in indices)
+        indices = None if out_indices is None else tuple(out_indices)     # a sequence here, never a count
+        self.out_indices = tuple(stage_indices(indices, len(stages), "out_indices"))
         self.feature_info = FeatureInfo(stages[i] for i in self.out_indices)
         if hasattr(model, "head"):
             model.head = nn.Identity()                                  # the classifier is not part of a backbone

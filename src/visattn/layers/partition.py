@@ -27,6 +27,7 @@ __all__ = [
     "needs_padding",
     "crop_padding",
     "symbolic_reshape",
+    "roll_maps",
 ]
 
 
@@ -138,3 +139,16 @@ def valid_token_mask(height: int, width: int, pad: tuple[int, int], device: torc
     rows = torch.arange(height + pad[0], device=device) < height   # comparisons, not slice writes: they trace
     cols = torch.arange(width + pad[1], device=device) < width     # with symbolic sizes
     return (rows[:, None] & cols[None, :])[None, :, :, None]       # (1, Hp, Wp, 1)
+
+
+def roll_maps(x: Tensor, shifts: tuple[int, int], dims: tuple[int, int]) -> Tensor:
+    """``torch.roll`` by less than a full turn (|shift| < size); by symbolic amounts (GRL's grouped stripes, traced) a
+    gather, as the ONNX converter's roll (and remainder) take constant amounts only."""
+    if not is_symbolic(*shifts):
+        return torch.roll(x, shifts=shifts, dims=dims)
+    for shift, dim in zip(shifts, dims):
+        n = x.shape[dim]
+        source = torch.arange(n, device=x.device) - shift                # out[i] = x[(i - shift) mod n]
+        source = torch.where(source < 0, source + n, source)
+        x = x.index_select(dim, torch.where(source >= n, source - n, source))
+    return x

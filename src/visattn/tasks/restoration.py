@@ -380,6 +380,11 @@ def builtin_photos(names: Sequence[str], channels: int) -> list[tuple[str, Tenso
     return out
 
 
+def builtin_eval_items(scale: int, channels: int) -> list[tuple[str, Tensor, None]]:
+    """The built-in evaluation photos as (name, HR cropped to a multiple of ``scale``, no given LR) items."""
+    return [(n, _mod_crop(x, scale), None) for n, x in builtin_photos(EVAL_PHOTOS, channels)]
+
+
 def _load_uint8(files: Sequence[Path], channels: int) -> list[tuple[str, Tensor]]:
     out = []
     for path in files:
@@ -495,7 +500,7 @@ def load_restoration_data(source: str, *, task: str, scale: int, channels: int, 
     path = Path(source)
     if source == "photos" and not path.exists():
         train = builtin_photos(TRAIN_PHOTOS, channels)
-        val = [(n, _mod_crop(x, s), None) for n, x in builtin_photos(EVAL_PHOTOS, channels)]
+        val = builtin_eval_items(s, channels)
         record.update(builtin=True, train=list(TRAIN_PHOTOS), val=list(EVAL_PHOTOS))
     else:
         if not any(sep in source for sep in ("/", os.sep)) and not path.exists():
