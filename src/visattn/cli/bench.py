@@ -124,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _points(rows: list[dict], name: str, metric: str) -> list[tuple[int, float]]:
-    return sorted((r["pixels"], r[metric]) for r in rows if r["name"] == name and r.get(metric))
+def _ends(rows: list[dict], name: str, metric: str) -> tuple[tuple[int, float], tuple[int, float]] | None:
+    """(pixels, value) at the smallest and the largest size measured, or None without two distinct sizes."""
+    pts = sorted((r["pixels"], r[metric]) for r in rows if r["name"] == name and r.get(metric))
+    return (pts[0], pts[-1]) if len(pts) >= 2 and pts[0][0] != pts[-1][0] else None
 
 
 def _span(rows: list[dict], name: str) -> str:
@@ -134,10 +136,10 @@ def _span(rows: list[dict], name: str) -> str:
 
 
 def _per_pixel_ratio(rows: list[dict], name: str, metric: str) -> str:
-    pts = _points(rows, name, metric)
-    if len(pts) < 2 or pts[0][0] == pts[-1][0]:
+    ends = _ends(rows, name, metric)
+    if ends is None:
         return "-"
-    (x0, y0), (x1, y1) = pts[0], pts[-1]
+    (x0, y0), (x1, y1) = ends
     return f"{(y1 / x1) / (y0 / x0):.2f}"
 
 
@@ -185,8 +187,8 @@ def environment_report(argv: list[str], device: object, threads: int | None) -> 
 def _slope(rows: list[dict], name: str, metric: str) -> str:
     import math
 
-    pts = _points(rows, name, metric)
-    if len(pts) < 2 or pts[0][0] == pts[-1][0]:
+    ends = _ends(rows, name, metric)
+    if ends is None:
         return "-"
-    (x0, y0), (x1, y1) = pts[0], pts[-1]
+    (x0, y0), (x1, y1) = ends
     return f"{math.log(y1 / y0) / math.log(x1 / x0):.2f}"
