@@ -42,6 +42,8 @@ from .checkpoint import (
     write_json_atomic,
 )
 from .distributed import all_gather_objects, barrier, convert_sync_batchnorm, init_distributed
+from .tasks import options_to_dict
+from .tasks.base import EvalContext, RunSettings, Task
 
 __all__ = ["RUNTIME_FIELDS", "ModelEma", "TrainConfig", "TrainError", "lr_at", "train"]
 
@@ -57,9 +59,7 @@ class TrainConfig:
     """Everything that defines a training run (stored in every checkpoint; ``--resume`` reuses it)."""
 
     task: str = "classification"
-    scale: int = 4                       # sr: upscaling factor
-    noise_sigma: float = 25.0            # denoise: Gaussian noise level on the 0-255 scale
-    val_data: str | None = None          # sr / denoise: benchmark folder to evaluate on (HR/ [+ LR_bicubic/X<s>/])
+    task_options: dict[str, Any] = field(default_factory=dict)   # the task's own settings (its Options fields)
     model: str = "maxvit_tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
@@ -71,7 +71,6 @@ class TrainConfig:
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
     clip_grad: float = 1.0               # max gradient norm; 0 disables clipping
     amp: str = "none"                    # none | bf16 | fp16 (CUDA only, with a gradient scaler)
     ema_decay: float = 0.0               # 0 disables the EMA of weights
@@ -85,11 +84,6 @@ class TrainConfig:
     save_every: int = 0                  # also checkpoint every N steps inside an epoch (0: epoch ends only)
     keep: int = 2
     log_every: int = 10
-    crop_pct: float | None = None
-    crop_scale: tuple[float, float] | None = None
-    hflip: float | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
     val_fraction: float = 0.1
     train_limit: int | None = None
     val_limit: int | None = None
@@ -157,29 +151,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_task(cfg: TrainConfig) -> Any:
-    if cfg.task in ("sr", "denoise"):
-        from .tasks.restoration import build_restoration_task
+def build_task(cfg: TrainConfig) -> Task:
+    """The registered task of ``cfg.task``, built from the run's settings and the task's options."""
+    from .tasks import get_task, options_from_dict
 
-        return build_restoration_task(cfg)
-    if cfg.task != "classification":
-        raise TrainError(f"unknown task {cfg.task!r}; available: classification, sr, denoise")
-    from .tasks.classification import ClassificationTask, load_classification_data
-
-    data = load_classification_data(cfg.data, img_size=cfg.img_size, crop_pct=cfg.crop_pct,
-                                    val_fraction=cfg.val_fraction, train_limit=cfg.train_limit,
-                                    val_limit=cfg.val_limit)
-    return ClassificationTask(data, img_size=cfg.img_size, crop_pct=cfg.crop_pct, crop_scale=cfg.crop_scale,
-                              hflip=cfg.hflip, mean=cfg.mean, std=cfg.std, label_smoothing=cfg.label_smoothing)
+    task_cls = get_task(cfg.task)
+    options = options_from_dict(task_cls.Options, cfg.task_options, what=f"options of task {cfg.task!r}")
+    run = RunSettings(data=cfg.data, img_size=cfg.img_size, val_fraction=cfg.val_fraction,
+                      train_limit=cfg.train_limit, val_limit=cfg.val_limit, seed=cfg.seed,
+                      model_overrides=dict(cfg.model_overrides))
+    return task_cls.for_training(run, options)
 
 
-def build_model(cfg: TrainConfig, task: Any) -> nn.Module:
+def check_model_for_task(model_cls: type, task: Task | type, model_name: str) -> None:
+    """A clear error when a model cannot serve a task (a video model for an image task, a classifier for SR...)."""
+    kind = getattr(model_cls, "task", "classification")
+    ndim = getattr(model_cls, "input_ndim", 4)
+    if kind != task.model_task or ndim != task.input_ndim:
+        what = {4: "image", 5: "video"}
+        raise TrainError(f"{model_name} is a {what.get(ndim, f'{ndim}-D')} {kind} model; the {task.name!r} task "
+                         f"trains {what.get(task.input_ndim, '')} {task.model_task} models")
+
+
+def _example_inputs(model: nn.Module, size: int) -> tuple[Tensor, ...]:
+    if hasattr(model, "example_inputs"):
+        return tuple(model.example_inputs(1, size))
+    return (torch.zeros(1, getattr(model.config, "in_chans", 3), size, size),)
+
+
+def build_model(cfg: TrainConfig, task: Task) -> nn.Module:
     """The model for ``task``: fresh from the registry, or from ``cfg.pretrained`` with a new head if needed."""
     from .registry import create_model, get_model_class
 
     cls = get_model_class(cfg.model)
-    if getattr(cls, "input_ndim", 4) != 4:
-        raise TrainError(f"{cfg.model} takes video input; the {task.name} task trains image models")
+    check_model_for_task(cls, task, cfg.model)
     size = task.img_size
     if size < getattr(cls, "min_input_size", 1):
         raise TrainError(f"--img-size {size} is too small for {cfg.model}: it needs at least {cls.min_input_size}")
@@ -191,14 +196,24 @@ def build_model(cfg: TrainConfig, task: Any) -> nn.Module:
             model.reset_classifier(overrides["num_classes"])
     else:
         model = create_model(cfg.model, **overrides)
-    in_chans = getattr(model.config, "in_chans", 3)
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, in_chans, size, size))
+            model(*_example_inputs(model, size))
     except ValueError as err:
         raise TrainError(f"{cfg.model} cannot take {size}x{size} inputs: {str(err).splitlines()[0]}") from err
     return model.train()
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """Tensors, and tuples / lists / dicts of them, moved to ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -285,7 +300,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     local_B = B // info.world_size
     steps_per_epoch = len(task.train_set) // B
     if steps_per_epoch == 0:
-        raise TrainError(f"--batch-size {B} is larger than the {len(task.train_set)} training images")
+        raise TrainError(f"--batch-size {B} is larger than the {len(task.train_set)} training samples")
     total_steps = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
 
@@ -297,7 +312,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = cfg.bn_momentum
-    meta = model_meta(model, **task.model_meta())
+    meta = model_meta(model, **{**task.model_meta(), "task": cfg.task,
+                                "task_options": options_to_dict(task.options)})
     model.to(device)
     if info.enabled and cfg.sync_bn:
         model = convert_sync_batchnorm(model, device.type)
@@ -309,7 +325,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
-    step, sums, best = 0, torch.zeros(3, dtype=torch.float64), None     # sums: loss * n, correct, n (global)
+    stat_names = ("loss", "count", *task.train_stat_names)              # epoch sums over the global batches
+    step, sums, best = 0, torch.zeros(len(stat_names), dtype=torch.float64), None
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(optimizer_state_from_flat(ckpt.train_tensors, ckpt.train_meta["optimizer"]))
@@ -322,7 +339,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         if device.type == "cuda" and f"rng.{info.rank}.cuda" in ckpt.train_tensors:
             torch.cuda.set_rng_state(ckpt.train_tensors[f"rng.{info.rank}.cuda"], device)
         step = ckpt.train_meta["step"]
-        sums = torch.tensor(ckpt.train_meta["epoch_sums"], dtype=torch.float64)
+        sums = torch.tensor([_saved_sums(ckpt.train_meta["epoch_sums"]).get(k, 0.0) for k in stat_names],
+                            dtype=torch.float64)
         best = ckpt.train_meta.get("best")
     train_model: nn.Module = model
     if info.enabled:
@@ -334,8 +352,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     metrics = _Metrics(run / "metrics.jsonl", info.is_main, step if ckpt else None)
     show_bar = info.is_main and (sys.stderr.isatty() if cfg.progress is None else cfg.progress)
     last_saved: Path | None = ckpt.path if ckpt else None
-    from .tasks.classification import collate
-
     def save(epoch: int, eval_row: dict[str, Any] | None) -> None:
         nonlocal last_saved
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
@@ -353,7 +369,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         if ema is not None:
             tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
         state = {"step": step, "epoch": epoch, "steps_per_epoch": steps_per_epoch, "world_size": info.world_size,
-                 "epoch_sums": sums.tolist(), "best": best, "optimizer": opt_meta, "scaler": scaler.state_dict(),
+                 "epoch_sums": dict(zip(stat_names, sums.tolist())), "best": best, "optimizer": opt_meta, "scaler": scaler.state_dict(),
                  "config": dataclasses.asdict(cfg), "eval": eval_row}
         last_saved = save_checkpoint(run, f"step{step:08d}", model_state=model.state_dict(), model_meta=meta,
                                      train_tensors=tensors, train_meta=state, keep=cfg.keep)
@@ -361,8 +377,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
     if info.is_main:
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"{'resuming' if ckpt else 'training'} {cfg.model} ({n_params / 1e6:.2f}M parameters) on {cfg.data}: "
-              f"{len(task.train_set)} train / {len(task.val_set)} val images at {task.img_size}px, "
+        print(f"{'resuming' if ckpt else 'training'} {cfg.model} ({n_params / 1e6:.2f}M parameters) on {cfg.data}"
+              f" ({cfg.task}): {task.describe()}, "
               f"{cfg.epochs} epochs x {steps_per_epoch} steps of {B}"
               f"{f' ({info.world_size} processes)' if info.enabled else ''}, device {device.type}"
               f"{f', from step {step}' if ckpt else ''}", flush=True)
@@ -377,35 +393,34 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
                    for i in range(first, steps_per_epoch)]
         # Its own generator: creating a loader iterator must not draw from the global RNG (dropout, drop path).
         loader = torch.utils.data.DataLoader(task.train_set, batch_sampler=batches, num_workers=cfg.workers,
-                                             collate_fn=collate, generator=torch.Generator().manual_seed(epoch))
+                                             collate_fn=task.collate, generator=torch.Generator().manual_seed(epoch))
         bar = _progress(show_bar, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
         if bar is not None:
             bar.update(first)
         train_model.train()
         start = time.perf_counter()
         seen = 0
-        for i, (images, targets) in enumerate(loader, start=first):
+        for i, batch in enumerate(loader, start=first):
             generator = torch.Generator().manual_seed(_mix(cfg.seed, epoch, i))
-            x = task.augment(images, generator, B, info.rank * local_B)
-            if isinstance(x, tuple):                                   # tasks that make the target too (restoration)
-                x, targets = x
-            x = x.to(device, non_blocking=True)
+            inputs, targets = task.augment(batch, generator, B, info.rank * local_B)
+            x = _to_device(inputs, device)
             y = targets.to(device, non_blocking=True)
             lr = lr_at(step, total=total_steps, warmup=warmup, base=cfg.lr, minimum=cfg.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast():
-                out = train_model(x)
+                out = task.forward(train_model, x)
             loss = task.loss(out, y)
-            correct = task.train_stats(out, y).get("correct", 0.0)   # restoration reports none
-            stats = torch.tensor([float(loss.detach()) * len(y), correct, len(y)],
+            extra = task.train_stats(out, y)
+            n = y.shape[0]
+            stats = torch.tensor([float(loss.detach()) * n, n, *(extra[k] for k in task.train_stat_names)],
                                  dtype=torch.float64)
             if info.enabled:
                 torch.distributed.all_reduce(stats)
             if not math.isfinite(stats[0]):
                 if bar is not None:
                     bar.close()
-                raise TrainError(f"loss is {stats[0] / stats[2]:.4g} at epoch {epoch + 1}, step {step + 1}: "
+                raise TrainError(f"loss is {stats[0] / stats[1]:.4g} at epoch {epoch + 1}, step {step + 1}: "
                                  f"training diverged and stopped; the last good checkpoint is kept "
                                  f"({last_saved or 'none saved yet'}); lower --lr (now {cfg.lr:g}) or clip gradients")
             scaler.scale(loss).backward()
@@ -419,14 +434,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 ema.update(model, step)
             step += 1
             sums += stats
-            seen += int(stats[2])
+            seen += int(stats[1])
             if bar is not None:
-                bar.set_postfix(loss=f"{float(stats[0] / stats[2]):.4f}", lr=f"{lr:.2e}",
+                bar.set_postfix(loss=f"{float(stats[0] / stats[1]):.4f}", lr=f"{lr:.2e}",
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}")
                 bar.update(1)
             if cfg.log_every and step % cfg.log_every == 0:
                 metrics.add({"kind": "step", "step": step, "epoch": step / steps_per_epoch,
-                             "loss": float(stats[0] / stats[2]), "lr": lr})
+                             "loss": float(stats[0] / stats[1]), "lr": lr})
             if cfg.save_every and step % cfg.save_every == 0 and i + 1 < steps_per_epoch:
                 save(epoch, None)
         if bar is not None:
@@ -435,31 +450,23 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
         # --- end of epoch: evaluate, log, checkpoint ------------------------------------------------------------
         eval_bs = cfg.eval_batch_size or max(local_B, 1)
-        result = task.evaluate(model, batch_size=eval_bs, device=device, dist_info=info, autocast=autocast,
-                               workers=cfg.workers)
+        ctx = EvalContext(batch_size=eval_bs, device=device, dist_info=info, autocast=autocast, workers=cfg.workers)
+        result = task.evaluate(model, ctx)
         eval_row = {"kind": "epoch", "epoch": epoch + 1, "step": step, "lr": lr,
-                    "train_loss": float(sums[0] / sums[2]),
-                    **({"train_top1": 100 * float(sums[1] / sums[2])} if task.name == "classification" else {}),
-                    **{k: v for k, v in result.items() if k != "confusion"},
-                    "img_per_s": seen / elapsed, "epoch_time_s": elapsed}
+                    "train_loss": float(sums[0] / sums[1]),
+                    **{f"train_{k}": float(v / sums[1]) for k, v in zip(stat_names[2:], sums[2:])},
+                    **_numbers(result), "img_per_s": seen / elapsed, "epoch_time_s": elapsed}
         if ema is not None:
-            ema_result = task.evaluate(ema.module, batch_size=eval_bs, device=device, dist_info=info,
-                                       autocast=autocast, workers=cfg.workers)
-            eval_row.update({f"ema_{k}": v for k, v in ema_result.items() if k not in ("confusion", "val_count")})
+            ema_result = _numbers(task.evaluate(ema.module, ctx))
+            eval_row.update({f"ema_{k}": v for k, v in ema_result.items() if k != "val_count"})
         main = eval_row.get(f"ema_{task.main_metric}", eval_row[task.main_metric])
         if best is None or main > best["value"]:
             best = {"value": main, "epoch": epoch + 1, "metric": task.main_metric}
         metrics.add(eval_row)
-        if info.is_main and hasattr(task, "epoch_summary"):
+        if info.is_main:
             print(f"epoch {epoch + 1}/{cfg.epochs}  {task.epoch_summary(eval_row)}  lr {lr:.2e}  "
-                  f"{eval_row['img_per_s']:.0f} img/s  {elapsed:.1f}s", flush=True)
-        elif info.is_main:
-            extra = f"  ema {eval_row['ema_val_top1']:.2f}" if ema is not None else ""
-            print(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {eval_row['train_loss']:.4f}  "
-                  f"val_loss {eval_row['val_loss']:.4f}  val_top1 {eval_row['val_top1']:.2f}{extra}  "
-                  f"val_top5 {eval_row['val_top5']:.2f}  lr {lr:.2e}  {eval_row['img_per_s']:.0f} img/s  "
-                  f"{elapsed:.1f}s", flush=True)
-        sums = torch.zeros(3, dtype=torch.float64)
+                  f"{eval_row['img_per_s']:.0f} samples/s  {elapsed:.1f}s", flush=True)
+        sums = torch.zeros(len(stat_names), dtype=torch.float64)
         save(epoch + 1, eval_row)
 
     # --- the final model, plots and summary ---------------------------------------------------------------------
@@ -471,18 +478,23 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         summary.update({"model": cfg.model, "out": str(run), "best": best, "steps": step})
         write_json_atomic(run / "summary.json", summary)
         _write_csv(run / "metrics.csv", [r for r in metrics.rows if r["kind"] == "epoch"])
-        from .plots import plot_confusion, plot_curves
-
-        (getattr(task, "plot_curves", None) or plot_curves)(metrics.rows, run / "curves.png",
-                                                            title=f"{cfg.model} on {cfg.data}")
-        written = ["model.json", "metrics.jsonl", "curves.png"]
-        if "confusion" in result:
-            plot_confusion(result["confusion"].tolist(), task.classes, run / "confusion.png",
-                           title=f"{cfg.model}: validation top-1 {eval_row.get('val_top1', 0):.2f}%")
-            written.append("confusion.png")
+        written = ["model.json", "metrics.jsonl",
+                   *task.write_plots(run, metrics.rows, result, title=f"{cfg.model} on {cfg.data}")]
         print(f"saved {run / 'model.safetensors'} (+ {', '.join(written)})")
     barrier(info)
     return eval_row
+
+
+def _numbers(result: dict[str, Any]) -> dict[str, Any]:
+    """The metrics of an evaluation that go into the log (numbers; a confusion matrix stays out)."""
+    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _saved_sums(saved: dict[str, float] | list[float]) -> dict[str, float]:
+    # checkpoints before named sums stored [loss * n, correct, n]
+    if isinstance(saved, dict):
+        return saved
+    return {"loss": saved[0], "count": saved[2], "top1": 100.0 * saved[1]}
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -504,9 +516,26 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def config_from_saved(saved: dict[str, Any], runtime: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of a checkpoint, with runtime settings (device, workers...) replaced by ``runtime``."""
     valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = _migrate_saved(saved)
     cfg = TrainConfig(**{k: _tupled(v) for k, v in saved.items() if k in valid})
     return dataclasses.replace(cfg, **{k: v for k, v in runtime.items() if k in RUNTIME_FIELDS and v is not None})
 
+
+
+# runs saved before tasks had options kept them as TrainConfig fields: field -> (task, option)
+_LEGACY_OPTIONS = {"crop_pct": ("classification", "crop_pct"), "crop_scale": ("classification", "crop_scale"),
+                   "hflip": ("classification", "hflip"), "mean": ("classification", "mean"),
+                   "std": ("classification", "std"), "label_smoothing": ("classification", "label_smoothing"),
+                   "scale": ("sr", "scale"), "noise_sigma": ("denoise", "sigma"), "val_data": (None, "val_data")}
+
+
+def _migrate_saved(saved: dict[str, Any]) -> dict[str, Any]:
+    if "task_options" in saved:
+        return saved
+    task = saved.get("task", "classification")
+    options = {opt: saved[key] for key, (owner, opt) in _LEGACY_OPTIONS.items()
+               if saved.get(key) is not None and owner in (task, None) and not (task != "sr" and key == "scale")}
+    return {**{k: v for k, v in saved.items() if k not in _LEGACY_OPTIONS}, "task_options": options}
 
 
 def _tupled(value: Any) -> Any:

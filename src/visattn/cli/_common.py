@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["add_runtime_args", "apply_runtime", "parse_overrides", "parse_sizes"]
+__all__ = ["add_model_args", "add_runtime_args", "add_task_args", "apply_runtime", "parse_overrides", "parse_sizes",
+           "task_options_given"]
 
 
 def _value(text: str) -> Any:
@@ -73,3 +74,43 @@ def apply_runtime(args: argparse.Namespace) -> Any:
     from ..train import resolve_device
 
     return resolve_device(getattr(args, "device", None) or "auto")
+
+
+def add_task_args(parser: argparse.ArgumentParser, *, default_help: str = "the checkpoint's") -> None:
+    """``--task`` (the registered tasks) and every task's options as flags, one argument group per task.
+
+    A flag two tasks share (``--val-data``) is added once. Task packages register themselves with the standard
+    library only, so this does not import torch.
+    """
+    from ..tasks import get_task_spec, list_tasks, option_flags
+
+    names = list_tasks()
+    parser.add_argument("--task", choices=names, default=None,
+                        help=f"the task (registered: {', '.join(names)}); default: {default_help}")
+    taken = {a.dest: a for a in parser._actions}
+    for name in names:
+        spec = get_task_spec(name)
+        flags = [f for f in option_flags(spec.options) if f[0] not in taken]
+        if not flags:
+            continue
+        group = parser.add_argument_group(f"--task {name}: {spec.help}" if spec.help else f"--task {name}")
+        for dest, flag, kwargs in flags:
+            taken[dest] = group.add_argument(flag, **kwargs)
+
+
+def task_options_given(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """The options of ``task`` given on the command line; a flag of another task only is an error."""
+    import dataclasses
+
+    from ..tasks import get_task_spec, list_tasks
+
+    own = {f.name for f in dataclasses.fields(get_task_spec(task).options)}
+    given = {k: v for k, v in vars(args).items() if k in own and v is not None}
+    for other in list_tasks():
+        if other == task:
+            continue
+        for f in dataclasses.fields(get_task_spec(other).options):
+            if f.name not in own and getattr(args, f.name, None) is not None:
+                flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+                raise ValueError(f"{flag} is an option of --task {other}, not of --task {task}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}

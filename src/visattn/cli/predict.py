@@ -1,73 +1,48 @@
-"""``visattn predict``: the top-k classes of a trained classifier for image files.
+"""``visattn predict``: run a saved model on input files, as its task answers: the top-k classes of images for a
+classifier, a mask of a query image for a few-shot segmenter (``--support IMAGE MASK``, ``--query IMAGE``).
 
     visattn predict --checkpoint runs/digits image1.png image2.jpg --topk 3
+    visattn predict --checkpoint runs/catnet --support s.png s_mask.png --query q.png --out pred/
 """
 
 from __future__ import annotations
 
 import argparse
 
-from . import _fewshot
-from ._common import add_runtime_args
+from ._common import add_runtime_args, add_task_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="top-k classes with probabilities for image files",
+    p = sub.add_parser("predict", help="run a saved model on files (top-k classes, few-shot masks...)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="*", metavar="IMAGE")
-    p.add_argument("--task", choices=["classification", "fewshot"], default="classification")
+    p.add_argument("inputs", nargs="*", metavar="FILE", help="input files (images for a classifier)")
     p.add_argument("--checkpoint", "-c", required=True, help="run folder, checkpoint folder or .safetensors file")
     p.add_argument("--model", "-m", help="expected architecture (required for weights without model.json)")
     p.add_argument("--topk", "-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    _fewshot.add_predict_args(p)
+    p.add_argument("--out", "-o", metavar="DIR", help="folder for files the task writes (default .)")
+    add_task_args(p)
     add_runtime_args(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.task == "fewshot":
-        return _fewshot.run_predict(args)
-    if not args.images:
-        raise ValueError("no IMAGE given (few-shot segmentation: --task fewshot --support IMAGE MASK --query IMAGE)")
-    import json
-    import logging
-
-    import torch
+    from pathlib import Path
 
     from ..checkpoint import load_model
-    from ..tasks.augment import apply_crops, center_crops, normalize
-    from ..tasks.classification import IMAGENET_MEAN, IMAGENET_STD, read_image
-    from ._common import apply_runtime
+    from ..tasks import get_task, options_from_dict
+    from ..tasks.base import PredictRequest
+    from ..train import check_model_for_task
+    from ._common import apply_runtime, task_options_given
+    from .eval import _task_of_model
 
-    log = logging.getLogger("visattn")
     device = apply_runtime(args)
     model, meta = load_model(args.checkpoint, model_name=args.model)
-    model.to(device)
-    size = int(meta.get("img_size") or 224)
-    crop_pct = float(meta.get("crop_pct") or 0.875)
-    mean, std = meta.get("mean") or IMAGENET_MEAN, meta.get("std") or IMAGENET_STD
-    classes = meta.get("classes") or [str(i) for i in range(model.config.num_classes)]
-    results, skipped = [], 0
-    for path in args.images:
-        try:
-            image = read_image(path, round(size / crop_pct))[None]     # (1, 3, S, S) uint8
-        except Exception as err:  # missing, corrupt or non-image file: skip it and say which
-            log.warning("skipping %s: %s", path, err)
-            skipped += 1
-            continue
-        x = normalize(apply_crops(image, center_crops(1, crop_pct), size), mean, std).to(device)
-        with torch.no_grad():
-            probs = model(x).float().softmax(-1)[0].cpu()
-        top = probs.topk(min(args.topk, len(probs)))
-        preds = [{"class": classes[i], "index": int(i), "prob": float(p)} for p, i in zip(top.values, top.indices)]
-        results.append({"image": path, "top": preds})
-        if not args.json:
-            print(f"{path}: " + ", ".join(f"{p['class']} ({p['prob']:.3f})" for p in preds))
-    if args.json:
-        print(json.dumps(results, indent=2))
-    if skipped:
-        log.warning("skipped %d of %d image(s)", skipped, len(args.images))
-    if not results:
-        raise ValueError("no readable image among the inputs")
-    return 0
+    name = args.task or meta.get("task") or _task_of_model(model)
+    task_cls = get_task(name)
+    check_model_for_task(type(model), task_cls, meta.get("model") or type(model).__name__)
+    options = options_from_dict(task_cls.Options, {**meta.get("task_options", {}), **task_options_given(args, name)},
+                                what=f"options of task {name!r}")
+    request = PredictRequest(inputs=list(args.inputs), topk=args.topk, out=Path(args.out) if args.out else None,
+                             json=args.json, device=device)
+    return task_cls.predict(model.to(device), meta, options, request)

@@ -1,6 +1,7 @@
-"""``visattn train``: train a registered model on the built-in data or an ImageFolder directory.
+"""``visattn train``: train a registered model on a registered task (``--task``, default classification).
 
     visattn train --model maxvit_tiny --set dims=32,64,128,256 --data digits --epochs 10 --out runs/digits
+    visattn train --task sr --scale 2 --epochs 8                # GRL super-resolution on the built-in photos
     visattn train --resume runs/digits                      # continue where a run stopped
     torchrun --nproc-per-node 2 -m visattn.cli train ...    # the same command on several processes (DDP)
 """
@@ -10,23 +11,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import _fewshot
-from ._common import add_model_args, parse_overrides
+from ._common import add_model_args, add_task_args, parse_overrides, task_options_given
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (classification on built-in data or an ImageFolder)",
+    p = sub.add_parser("train", help="train a model on a task (classification, restoration, few-shot...)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    task = p.add_argument_group("restoration (--task sr | denoise)")
-    task.add_argument("--task", choices=["classification", "sr", "denoise", "fewshot"],
-                      help="classification (default), sr (super-resolution) or denoise; sr/denoise default to "
-                           "--model grl_tiny on the built-in scikit-image photos (--data photos)")
-    task.add_argument("--scale", type=int, help="sr: upscaling factor (default 4)")
-    task.add_argument("--sigma", dest="noise_sigma", type=float, help="denoise: noise level, 0-255 scale (default 25)")
-    task.add_argument("--val-data", metavar="DIR", help="sr/denoise: benchmark folder to evaluate on (Set5 layout: "
-                                                        "HR/ and optionally LR_bicubic/X<s>/)")
-    p.add_argument("--data", help="built-in dataset name (digits) or an ImageFolder directory (default: digits)")
+    add_task_args(p, default_help="classification")
+    p.add_argument("--data", help="built-in data name or a directory (default: the task's, e.g. digits)")
     p.add_argument("--out", "-o", help="run folder (default: runs/<model>-<data>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its latest checkpoint")
     p.add_argument("--pretrained", metavar="CKPT", help="initialise from weights (visattn, timm or official)")
@@ -37,7 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule (default 1e-5)")
     opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
     opt.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs (default 1)")
-    opt.add_argument("--label-smoothing", type=float, help="default 0.1")
     opt.add_argument("--clip-grad", type=float, help="max gradient norm, 0 to disable (default 1.0)")
     opt.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision (fp16 needs CUDA)")
     opt.add_argument("--ema", dest="ema_decay", type=float, metavar="DECAY", help="EMA of weights, e.g. 0.999")
@@ -53,11 +45,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="torch.use_deterministic_algorithms (bitwise-reproducible resume on CPU)")
     data = p.add_argument_group("data and augmentation")
     data.add_argument("--img-size", type=int, help="input size (default: the data's, 32 for digits)")
-    data.add_argument("--crop-pct", type=float, help="eval centre-crop fraction")
-    data.add_argument("--crop-scale", type=float, nargs=2, metavar=("LO", "HI"), help="random-resized-crop area")
-    data.add_argument("--hflip", type=float, help="horizontal flip probability")
-    data.add_argument("--mean", type=float, nargs=3)
-    data.add_argument("--std", type=float, nargs=3)
     data.add_argument("--val-fraction", type=float, help="held-out fraction of a directory without val/ (0.1)")
     data.add_argument("--train-limit", type=int, metavar="N", help="use only N training images")
     data.add_argument("--val-limit", type=int, metavar="N", help="use only N validation images")
@@ -72,15 +59,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rt.add_argument("--threads", type=int, help="torch CPU threads")
     rt.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: when stderr is a terminal)")
-    _fewshot.add_train_args(p)
     p.set_defaults(run=run)
 
 
-_ARG_TO_FIELD = {"batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad",
-                 "amp", "ema_decay", "grad_checkpointing", "compile", "sync_bn", "bn_momentum", "seed", "deterministic", "img_size",
-                 "crop_pct", "crop_scale", "hflip", "mean", "std", "val_fraction", "train_limit", "val_limit",
-                 "save_every", "keep", "log_every", "eval_batch_size", "epochs", "data", "model", "pretrained",
-                 "device", "workers", "threads", "progress", "task", "scale", "noise_sigma", "val_data"}
+_ARG_TO_FIELD = {"batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "clip_grad", "amp", "ema_decay",
+                 "grad_checkpointing", "compile", "sync_bn", "bn_momentum", "seed", "deterministic", "img_size",
+                 "val_fraction", "train_limit", "val_limit", "save_every", "keep", "log_every", "eval_batch_size",
+                 "epochs", "data", "model", "pretrained", "device", "workers", "threads", "progress", "task"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,15 +73,11 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..checkpoint import latest_checkpoint, load_checkpoint
+    from ..tasks import get_task
     from ..train import RUNTIME_FIELDS, TrainConfig, config_from_saved, train
 
-    if args.task == "fewshot":
-        return _fewshot.run_train(args)
     log = logging.getLogger("visattn")
     given = {k: v for k, v in vars(args).items() if k in _ARG_TO_FIELD and v is not None}
-    for key in ("crop_scale", "mean", "std"):
-        if key in given:
-            given[key] = tuple(given[key])
     if args.resume:
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
@@ -105,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--resume {run_dir}: no checkpoint in it (checkpoints/latest is missing)")
         saved = load_checkpoint(run_dir).train_meta["config"]
         ignored = sorted(k for k in given if k not in RUNTIME_FIELDS and given[k] != saved.get(k))
+        options = task_options_given(args, saved.get("task", "classification"))
+        ignored += sorted(k for k, v in options.items() if v != saved.get("task_options", {}).get(k))
         if args.overrides or args.out or ignored:
             log.warning("resuming with the run's saved settings; ignoring %s",
                         ", ".join(["--" + k.replace("_", "-") for k in ignored] + (["--set"] if args.overrides else [])
@@ -112,11 +95,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_saved({**saved, "out": str(run_dir)}, given)
         train(cfg, resume=True)
         return 0
-    if given.get("task") in ("sr", "denoise"):
-        from ..tasks.restoration import RESTORATION_DEFAULTS
-
-        given = {**RESTORATION_DEFAULTS, **given}
-    cfg = TrainConfig(**{k: v for k, v in given.items()}, model_overrides=parse_overrides(args.overrides))
+    task = given.get("task", "classification")
+    options = task_options_given(args, task)
+    given = {**get_task(task).defaults, **given}
+    cfg = TrainConfig(**given, task_options=options, model_overrides=parse_overrides(args.overrides))
     if not args.out:
         data_name = Path(cfg.data).name or "data"
         cfg = dataclasses.replace(cfg, out=f"runs/{cfg.model}-{data_name}")

@@ -1,4 +1,4 @@
-"""Image classification: the built-in datasets, ImageFolder directories, augmentation, loss and metrics.
+"""Image classification data: the built-in datasets and ImageFolder directories.
 
 Data sources (``--data``):
 
@@ -15,7 +15,6 @@ and flip (``tasks/augment.py``), evaluation a centre crop of ``crop_pct``.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
@@ -26,21 +25,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..distributed import DistInfo, all_reduce_sum
-from .augment import apply_crops, center_crops, normalize, sample_crops
-from .base import DataError
+from ..base import DataError
 
 __all__ = [
     "BUILTIN_DATASETS",
     "IMAGE_EXTENSIONS",
     "ClassificationData",
-    "ClassificationTask",
-    "collate",
     "load_classification_data",
     "read_image",
-    "topk_correct",
 ]
 
 log = logging.getLogger("visattn")
@@ -285,106 +279,3 @@ def dataset_labels(ds: torch.utils.data.Dataset) -> Tensor:
     if isinstance(ds, torch.utils.data.Subset):
         return dataset_labels(ds.dataset)[torch.tensor(ds.indices, dtype=torch.long)]
     return ds.labels
-
-
-# --- the task ------------------------------------------------------------------------------------------------------
-
-def topk_correct(logits: Tensor, targets: Tensor, ks: Sequence[int]) -> list[int]:
-    """Number of samples whose target is among the top-k logits, for each k (k capped at the class count)."""
-    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices  # (B, kmax)
-    hit = top == targets[:, None]
-    return [int(hit[:, :k].any(dim=-1).sum()) for k in ks]
-
-
-class ClassificationTask:
-    """Image classification with label-smoothed cross entropy; top-1 / top-5 accuracy and a confusion matrix.
-
-    Args:
-        data: the splits from :func:`load_classification_data`.
-        img_size: model input size.
-        crop_pct, crop_scale, hflip, mean, std: preprocessing (None: the data source's default).
-        label_smoothing: cross-entropy label smoothing.
-    """
-
-    name = "classification"
-    main_metric = "val_top1"
-
-    def __init__(self, data: ClassificationData, *, img_size: int | None = None, crop_pct: float | None = None,
-                 crop_scale: tuple[float, float] | None = None, hflip: float | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 label_smoothing: float = 0.1):
-        d = data.defaults
-        self.data = data
-        self.train_set, self.val_set, self.classes = data.train, data.val, data.classes
-        self.img_size = img_size or d.img_size
-        self.crop_pct = crop_pct or d.crop_pct
-        self.crop_scale = tuple(crop_scale or d.crop_scale)
-        self.hflip = d.hflip if hflip is None else hflip
-        self.mean, self.std = tuple(mean or d.mean), tuple(std or d.std)
-        self.label_smoothing = label_smoothing
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def model_overrides(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes}
-
-    def model_meta(self) -> dict[str, Any]:
-        return {"task": self.name, "classes": self.classes, "img_size": self.img_size, "crop_pct": self.crop_pct,
-                "mean": list(self.mean), "std": list(self.std), "data": self.data.source}
-
-    def augment(self, images: Tensor, generator: torch.Generator, global_batch: int, offset: int) -> Tensor:
-        """Random resized crop + flip of this process's slice [offset, offset + B) of a global batch."""
-        theta = sample_crops(global_batch, generator, scale=self.crop_scale, hflip=self.hflip)
-        theta = theta[offset:offset + images.shape[0]]
-        return normalize(apply_crops(images, theta, self.img_size), self.mean, self.std)
-
-    def prepare_eval(self, images: Tensor) -> Tensor:
-        theta = center_crops(images.shape[0], self.crop_pct)
-        return normalize(apply_crops(images, theta, self.img_size), self.mean, self.std)
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
-
-    def train_stats(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
-        return {"correct": float((logits.argmax(-1) == targets).sum())}
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, *, batch_size: int, device: torch.device, dist_info: DistInfo | None = None,
-                 autocast: Callable[[], Any] | None = None, workers: int = 0,
-                 dataset: torch.utils.data.Dataset | None = None) -> dict[str, Any]:
-        """Loss (no smoothing), top-1 / top-5 accuracy (%) and the confusion matrix (rows: truth) on ``dataset``
-        (default the validation split); each process evaluates a strided shard and the counts are summed."""
-        ds = self.val_set if dataset is None else dataset
-        dist_info = dist_info or DistInfo()
-        shard = list(range(dist_info.rank, len(ds), dist_info.world_size))
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, shard), batch_size=batch_size,
-                                             num_workers=workers, shuffle=False,
-                                             generator=torch.Generator())
-        was_training = model.training
-        model.eval()
-        n = self.num_classes
-        confusion = torch.zeros(n * n, dtype=torch.float64)
-        totals = torch.zeros(3, dtype=torch.float64)                   # loss sum, top-1 hits, top-5 hits
-        for images, targets in loader:
-            x = self.prepare_eval(images).to(device)
-            with autocast() if autocast else contextlib.nullcontext():
-                logits = model(x)
-            logits, targets = logits.float().cpu(), targets.cpu()
-            totals[0] += float(F.cross_entropy(logits, targets, reduction="sum"))
-            top1, top5 = topk_correct(logits, targets, (1, 5))
-            totals[1] += top1
-            totals[2] += top5
-            confusion += torch.bincount(targets * n + logits.argmax(-1), minlength=n * n).double()
-        model.train(was_training)
-        totals = all_reduce_sum(totals, dist_info)
-        confusion = all_reduce_sum(confusion, dist_info).view(n, n).long()
-        count = max(1, len(ds))
-        return {"val_loss": float(totals[0]) / count, "val_top1": 100 * float(totals[1]) / count,
-                "val_top5": 100 * float(totals[2]) / count, "val_count": len(ds), "confusion": confusion}
-
-
-def collate(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
-    images = torch.stack([b[0] for b in batch])                        # (B, 3, S, S) uint8
-    return images, torch.tensor([b[1] for b in batch], dtype=torch.long)

@@ -1,0 +1,224 @@
+"""Image classification for the shared training loop: label-smoothed cross entropy, random resized crop + flip,
+top-1 / top-5 accuracy and a confusion matrix; ``visattn predict`` prints the top-k classes of image files."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...distributed import DistInfo, all_reduce_sum
+from ..augment import apply_crops, center_crops, normalize, sample_crops
+from ..base import EvalContext, PredictRequest, RunSettings, Task
+from . import ClassificationOptions
+from .data import IMAGENET_MEAN, IMAGENET_STD, ClassificationData, load_classification_data, read_image
+
+__all__ = ["ClassificationTask", "collate", "topk_correct"]
+
+log = logging.getLogger("visattn")
+
+
+def topk_correct(logits: Tensor, targets: Tensor, ks: Sequence[int]) -> list[int]:
+    """Number of samples whose target is among the top-k logits, for each k (k capped at the class count)."""
+    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices  # (B, kmax)
+    hit = top == targets[:, None]
+    return [int(hit[:, :k].any(dim=-1).sum()) for k in ks]
+
+
+def collate(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    images = torch.stack([b[0] for b in batch])                        # (B, 3, S, S) uint8
+    return images, torch.tensor([b[1] for b in batch], dtype=torch.long)
+
+
+class ClassificationTask(Task):
+    """Image classification with label-smoothed cross entropy; top-1 / top-5 accuracy and a confusion matrix.
+
+    Args:
+        data: the splits from :func:`load_classification_data`.
+        img_size: model input size (None: the data source's default).
+        options: preprocessing and loss settings (None fields: the data source's defaults).
+    """
+
+    model_task = "classification"
+    input_ndim = 4
+    main_metric = "val_top1"
+    train_stat_names = ("top1",)
+
+    def __init__(self, data: ClassificationData, *, img_size: int | None = None,
+                 options: ClassificationOptions | None = None):
+        o = options or ClassificationOptions()
+        d = data.defaults
+        self.data, self.options = data, o
+        self.train_set, self.val_set, self.classes = data.train, data.val, data.classes
+        self.img_size = img_size or d.img_size
+        self.crop_pct = o.crop_pct or d.crop_pct
+        self.crop_scale = tuple(o.crop_scale or d.crop_scale)
+        self.hflip = d.hflip if o.hflip is None else o.hflip
+        self.mean, self.std = tuple(o.mean or d.mean), tuple(o.std or d.std)
+        self.label_smoothing = o.label_smoothing
+        self.eval_label = data.source.get("source", "")
+
+    @classmethod
+    def for_training(cls, run: RunSettings, options: ClassificationOptions) -> ClassificationTask:
+        data = load_classification_data(run.data, img_size=run.img_size, crop_pct=options.crop_pct,
+                                        val_fraction=run.val_fraction, train_limit=run.train_limit,
+                                        val_limit=run.val_limit)
+        return cls(data, img_size=run.img_size, options=options)
+
+    @classmethod
+    def for_evaluation(cls, meta: dict[str, Any], options: ClassificationOptions, source: str | None = None, *,
+                       limit: int | None = None, split: str = "val") -> ClassificationTask:
+        saved = meta.get("data", {})
+        source = source or saved.get("source")
+        if not source:
+            raise ValueError("the checkpoint does not record its data; pass --data")
+        limits = {"val_limit": limit} if split == "val" else {"train_limit": limit}
+        data = load_classification_data(source, img_size=meta.get("img_size"), crop_pct=meta.get("crop_pct"),
+                                        val_fraction=saved.get("val_fraction", 0.1),
+                                        split_seed=saved.get("split_seed", 0), **limits)
+        classes = meta.get("classes") or data.classes
+        if list(classes) != list(data.classes):
+            raise ValueError(f"the data's classes {data.classes[:5]}... differ from the model's {classes[:5]}...")
+        saved_options = {"crop_pct": meta.get("crop_pct"), "mean": meta.get("mean"), "std": meta.get("std")}
+        options = ClassificationOptions(**{**{k: tuple(v) if isinstance(v, list) else v
+                                              for k, v in saved_options.items() if v is not None},
+                                           **{k: v for k, v in vars(options).items()
+                                              if v is not None and k in saved_options}})
+        task = cls(data, img_size=meta.get("img_size"), options=options)
+        split_name = "test" if split == "val" and data.source.get("builtin") else split
+        task.eval_label = f"{source} {split_name} split"
+        return task
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # --- training hooks -----------------------------------------------------------------------------------------
+    def model_overrides(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes}
+
+    def model_meta(self) -> dict[str, Any]:
+        return {"classes": self.classes, "img_size": self.img_size, "crop_pct": self.crop_pct,
+                "mean": list(self.mean), "std": list(self.std), "data": self.data.source}
+
+    def describe(self) -> str:
+        return f"{len(self.train_set)} train / {len(self.val_set)} val images at {self.img_size}px"
+
+    def collate(self, items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+        return collate(items)
+
+    def augment(self, batch: tuple[Tensor, Tensor], generator: torch.Generator, global_batch: int,
+                offset: int) -> tuple[Tensor, Tensor]:
+        """Random resized crop + flip of this process's slice [offset, offset + B) of a global batch."""
+        images, targets = batch
+        theta = sample_crops(global_batch, generator, scale=self.crop_scale, hflip=self.hflip)
+        theta = theta[offset:offset + images.shape[0]]
+        return normalize(apply_crops(images, theta, self.img_size), self.mean, self.std), targets
+
+    def prepare_eval(self, images: Tensor) -> Tensor:
+        theta = center_crops(images.shape[0], self.crop_pct)
+        return normalize(apply_crops(images, theta, self.img_size), self.mean, self.std)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+
+    def train_stats(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
+        return {"top1": 100.0 * float((logits.argmax(-1) == targets).sum())}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, ctx: EvalContext) -> dict[str, Any]:
+        """Loss (no smoothing), top-1 / top-5 accuracy (%) and the confusion matrix (rows: truth) on the split;
+        each process evaluates a strided shard and the counts are summed."""
+        ds = self.val_set if ctx.dataset is None else ctx.dataset
+        dist_info = ctx.dist_info or DistInfo()
+        shard = list(range(dist_info.rank, len(ds), dist_info.world_size))
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, shard), batch_size=ctx.batch_size,
+                                             num_workers=ctx.workers, shuffle=False, generator=torch.Generator())
+        was_training = model.training
+        model.eval()
+        n = self.num_classes
+        confusion = torch.zeros(n * n, dtype=torch.float64)
+        totals = torch.zeros(3, dtype=torch.float64)                   # loss sum, top-1 hits, top-5 hits
+        for images, targets in loader:
+            x = self.prepare_eval(images).to(ctx.device)
+            with ctx.amp():
+                logits = model(x)
+            logits, targets = logits.float().cpu(), targets.cpu()
+            totals[0] += float(F.cross_entropy(logits, targets, reduction="sum"))
+            top1, top5 = topk_correct(logits, targets, (1, 5))
+            totals[1] += top1
+            totals[2] += top5
+            confusion += torch.bincount(targets * n + logits.argmax(-1), minlength=n * n).double()
+        model.train(was_training)
+        totals = all_reduce_sum(totals, dist_info)
+        confusion = all_reduce_sum(confusion, dist_info).view(n, n).long()
+        count = max(1, len(ds))
+        return {"val_loss": float(totals[0]) / count, "val_top1": 100 * float(totals[1]) / count,
+                "val_top5": 100 * float(totals[2]) / count, "val_count": len(ds), "confusion": confusion}
+
+    def epoch_summary(self, row: dict[str, Any]) -> str:
+        ema = f"  ema {row['ema_val_top1']:.2f}" if "ema_val_top1" in row else ""
+        return (f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  val_top1 "
+                f"{row['val_top1']:.2f}{ema}  val_top5 {row['val_top5']:.2f}")
+
+    def write_plots(self, run: Path, rows: list[dict[str, Any]], result: dict[str, Any], title: str) -> list[str]:
+        from ...plots import plot_confusion
+
+        written = super().write_plots(run, rows, result, title)
+        if "confusion" in result and plot_confusion(result["confusion"].tolist(), self.classes, run / "confusion.png",
+                                                    title=f"{title}: validation top-1 {result['val_top1']:.2f}%"):
+            written.append("confusion.png")
+        return written
+
+    # --- saved models -------------------------------------------------------------------------------------------
+    def eval_report(self, result: dict[str, Any], out: Path, title: str) -> str:
+        from ...plots import plot_confusion
+
+        png = plot_confusion(result["confusion"].tolist(), self.classes, out / "confusion.png",
+                             title=f"{title}: top-1 {result['val_top1']:.2f}%")
+        line = (f"top-1 {result['val_top1']:.2f}%  top-5 {result['val_top5']:.2f}%  loss {result['val_loss']:.4f}  "
+                f"({result['val_count']} images, {self.eval_label})")
+        return line + (f"\nwrote {png}" if png else "")
+
+    @classmethod
+    def predict(cls, model: nn.Module, meta: dict[str, Any], options: ClassificationOptions,
+                request: PredictRequest) -> int:
+        """Top-k classes with probabilities of each image file (the model's own preprocessing)."""
+        if not request.inputs:
+            raise ValueError("no IMAGE given")
+        if request.topk < 1:
+            raise ValueError(f"--topk must be at least 1, got {request.topk}")
+        size = int(meta.get("img_size") or 224)
+        crop_pct = float(options.crop_pct or meta.get("crop_pct") or 0.875)
+        mean = options.mean or meta.get("mean") or IMAGENET_MEAN
+        std = options.std or meta.get("std") or IMAGENET_STD
+        classes = meta.get("classes") or [str(i) for i in range(model.config.num_classes)]
+        results, skipped = [], 0
+        for path in request.inputs:
+            try:
+                image = read_image(path, round(size / crop_pct))[None]     # (1, 3, S, S) uint8
+            except Exception as err:  # missing, corrupt or non-image file: skip it and say which
+                log.warning("skipping %s: %s", path, err)
+                skipped += 1
+                continue
+            x = normalize(apply_crops(image, center_crops(1, crop_pct), size), mean, std).to(request.device)
+            with torch.no_grad():
+                probs = model(x).float().softmax(-1)[0].cpu()
+            top = probs.topk(min(request.topk, len(probs)))
+            preds = [{"class": classes[i], "index": int(i), "prob": float(p)} for p, i in zip(top.values, top.indices)]
+            results.append({"image": path, "top": preds})
+            if not request.json:
+                print(f"{path}: " + ", ".join(f"{p['class']} ({p['prob']:.3f})" for p in preds))
+        if request.json:
+            print(json.dumps(results, indent=2))
+        if skipped:
+            log.warning("skipped %d of %d image(s)", skipped, len(request.inputs))
+        if not results:
+            raise ValueError("no readable image among the inputs")
+        return 0
