@@ -119,7 +119,7 @@ def test_torchrun_two_processes_match_one(tiny_run: Path, tmp_path: Path) -> Non
     # gradient is zero, e.g. a bias right before a BatchNorm, get rounding-noise gradients that AdamW normalises
     # into visible updates, differently in the two runs, without any effect on the function.)
     from visattn.checkpoint import load_model
-    from visattn.tasks.classification import load_digits
+    from visattn.tasks.classification.data import load_digits
 
     images, _, _ = load_digits(32)
     x = (images[:16].float() / 255 - 0.5) / 0.5
@@ -141,7 +141,7 @@ def test_eval_reports_accuracy_and_confusion(tiny_run: Path, tmp_path: Path) -> 
 def test_predict_top_k_and_skips_unreadable(tiny_run: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    from visattn.tasks.classification import load_digits
+    from visattn.tasks.classification.data import load_digits
 
     images, _, _ = load_digits(32)
     paths = []

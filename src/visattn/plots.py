@@ -40,28 +40,42 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path | None:
-    """Loss (per logged step and per epoch) and validation accuracy (per epoch) from ``metrics.jsonl`` rows."""
+def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "", *,
+                metric: str = "val_top1", percent: bool | None = None) -> Path | None:
+    """Loss (per logged step and per epoch) and a validation metric (per epoch) from ``metrics.jsonl`` rows.
+
+    Args:
+        metric: the epoch rows' key to draw on the right (with ``train_<name>`` and ``ema_<metric>`` where logged).
+        percent: a 0-100 axis (default: for keys ending in ``top1`` / ``top5`` / ``acc``).
+    """
     if not have_matplotlib():
         return None
     import matplotlib.pyplot as plt
 
     steps = [r for r in rows if r.get("kind") == "step"]
     epochs = [r for r in rows if r.get("kind") == "epoch"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    name = metric.removeprefix("val_")
     if steps:
         ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.5, label="train (step)")
     if epochs:
-        ax_loss.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="train (epoch)")
-        ax_loss.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "s-", label="validation")
+        x = [r["step"] for r in epochs]
+        ax_loss.plot(x, [r["train_loss"] for r in epochs], "o-", label="train (epoch)")
+        if all("val_loss" in r for r in epochs):
+            ax_loss.plot(x, [r["val_loss"] for r in epochs], "s-", label="validation")
         x = [r["epoch"] for r in epochs]
-        ax_acc.plot(x, [r["train_top1"] for r in epochs], "o-", label="train top-1")
-        ax_acc.plot(x, [r["val_top1"] for r in epochs], "s-", label="validation top-1")
-        if any("ema_val_top1" in r for r in epochs):
-            ax_acc.plot(x, [r.get("ema_val_top1") for r in epochs], "^-", label="EMA validation top-1")
+        if all(f"train_{name}" in r for r in epochs):
+            ax_metric.plot(x, [r[f"train_{name}"] for r in epochs], "o-", label=f"train {name}")
+        ax_metric.plot(x, [r.get(metric) for r in epochs], "s-", label=f"validation {name}")
+        if any(f"ema_{metric}" in r for r in epochs):
+            ax_metric.plot(x, [r.get(f"ema_{metric}") for r in epochs], "^-", label=f"EMA validation {name}")
+    if percent is None:
+        percent = name.endswith(("top1", "top5", "acc"))
     ax_loss.set(xlabel="step", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(0, 100))
-    for ax in (ax_loss, ax_acc):
+    ax_metric.set(xlabel="epoch", ylabel=f"{name} (%)" if percent else name, title=name)
+    if percent:
+        ax_metric.set_ylim(0, 100)
+    for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

@@ -196,6 +196,7 @@ def build_model(cfg: TrainConfig, task: Task) -> nn.Module:
             model.reset_classifier(overrides["num_classes"])
     else:
         model = create_model(cfg.model, **overrides)
+    task.prepare_model(model)
     model.eval()
     try:
         with torch.no_grad():

@@ -71,7 +71,7 @@ def run_attention(args: argparse.Namespace) -> int:
     from ..registry import create_model
     from ..show import attention_maps, exact_attention_modules, plot_attention, receptive_field, select
     from ..tasks.augment import apply_crops, center_crops, normalize
-    from ..tasks.classification import IMAGENET_MEAN, IMAGENET_STD, load_digits, read_image
+    from ..tasks.classification.data import IMAGENET_MEAN, IMAGENET_STD, load_digits, read_image
     from ._common import apply_runtime, parse_overrides
 
     apply_runtime(args)
@@ -88,7 +88,7 @@ def run_attention(args: argparse.Namespace) -> int:
     crop_pct = float(meta.get("crop_pct") or 1.0)
     source = args.image or "digits:0"
     if source.startswith("digits:"):
-        from ..tasks.classification import _BUILTIN_TEST_FRACTION, _stratified_split
+        from ..tasks.classification.data import _BUILTIN_TEST_FRACTION, _stratified_split
 
         images, labels, _ = load_digits(size)
         _, test_idx = _stratified_split(labels, _BUILTIN_TEST_FRACTION, seed=0)

@@ -155,6 +155,9 @@ class Task:
         """What inference needs besides the weights (stored in ``model.json``)."""
         return {}
 
+    def prepare_model(self, model: nn.Module) -> None:
+        """Adjust a freshly built model before training (e.g. load backbone weights the task's options name)."""
+
     def describe(self) -> str:
         """A few words on the data for the start-of-training line, e.g. '1437 train / 360 val images at 32px'."""
         return f"{len(self.train_set)} train / {len(self.val_set)} val samples at {self.img_size}px"
@@ -195,7 +198,7 @@ class Task:
         """Draw the run's plots into ``run``; return the file names written (default: loss / metric curves)."""
         from ..plots import plot_curves
 
-        return ["curves.png"] if plot_curves(rows, run / "curves.png", title=title) else []
+        return ["curves.png"] if plot_curves(rows, run / "curves.png", title=title, metric=self.main_metric) else []
 
     # --- saved models: evaluation and prediction -----------------------------------------------------------------
     def eval_report(self, result: dict[str, Any], out: Path, title: str) -> str:
