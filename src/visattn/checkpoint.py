@@ -19,6 +19,7 @@ temporary name and renamed into place before ``latest`` is switched to it. A pro
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -74,11 +75,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: no partial file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -115,11 +120,12 @@ def checkpoint_root(run_dir: str | os.PathLike) -> Path:
 
 def save_checkpoint(run_dir: str | os.PathLike, name: str, *, model_state: dict[str, Tensor],
                     model_meta: dict[str, Any], train_tensors: dict[str, Tensor], train_meta: dict[str, Any],
-                    keep: int = 2) -> Path:
+                    keep: int = 2, protect: str | None = None) -> Path:
     """Write checkpoint ``name`` under ``run_dir/checkpoints`` atomically, point ``latest`` at it, prune old ones.
 
     Args:
         keep: how many complete checkpoints to keep (the newest ones).
+        protect: a checkpoint never pruned (the training loop's last validated one, its fallback on divergence).
     """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -127,10 +133,17 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, *, model_state: dict[
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{name}-{os.getpid()}"
     tmp.mkdir()
-    save_safetensors_atomic(tmp / MODEL_FILE, model_state)
-    write_json_atomic(tmp / MODEL_META, model_meta)
-    save_safetensors_atomic(tmp / STATE_FILE, train_tensors)
-    write_json_atomic(tmp / STATE_META, train_meta)
+    try:
+        save_safetensors_atomic(tmp / MODEL_FILE, model_state)
+        write_json_atomic(tmp / MODEL_META, model_meta)
+        save_safetensors_atomic(tmp / STATE_FILE, train_tensors)
+        write_json_atomic(tmp / STATE_META, train_meta)
+    except BaseException as err:  # disk full or interrupted: the partial folder goes, the latest checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise CheckpointError(f"no space left on the device of {root} while writing checkpoint {name}; the "
+                                  f"latest complete checkpoint is {latest_checkpoint(run_dir) or '(none)'}") from err
+        raise
     _kill_point(name)
     final = root / name
     if final.exists():
@@ -140,11 +153,42 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, *, model_state: dict[
     os.rename(tmp, final)
     _fsync_dir(root)
     atomic_write_bytes(root / LATEST, name.encode())
-    complete = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for old in complete[:-keep] if keep > 0 else []:
-        if old.name != name:
+    for old in _complete(root)[:-keep] if keep > 0 else []:
+        if old.name not in (name, protect):
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _complete(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def last_validated_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint saved after a validation (its ``eval`` is recorded), or None."""
+    for path in reversed(_complete(checkpoint_root(run_dir))):
+        try:
+            if _read_json(path / STATE_META).get("eval"):
+                return path
+        except CheckpointError:
+            continue
+    return None
+
+
+def discard_checkpoints_after(run_dir: str | os.PathLike, good: Path | None) -> Path | None:
+    """Remove every checkpoint newer than ``good`` (all of them when None) and point ``latest`` at ``good``.
+
+    A diverged run calls this: checkpoints saved after the last validated one hold weights that no validation
+    vouched for. Returns ``good``.
+    """
+    root = checkpoint_root(run_dir)
+    if good is None:
+        (root / LATEST).unlink(missing_ok=True)
+    elif _read_latest(root) != good.name:
+        atomic_write_bytes(root / LATEST, good.name.encode())
+    for path in _complete(root):
+        if good is None or path.name > good.name:
+            shutil.rmtree(path, ignore_errors=True)
+    return good
 
 
 def _kill_point(name: str) -> None:
@@ -170,18 +214,30 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return root / name if name and (root / name).is_dir() else None
 
 
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    # Read into memory rather than memory-map: a mapped file stays allocated on disk after pruning deletes it,
+    # so a resumed run would need room for one checkpoint more than an uninterrupted one.
+    from safetensors.torch import load
+
+    try:
+        return load(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"missing {path}") from None
+    except Exception as err:  # truncated or not a safetensors file
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint directory (a run folder resolves to its latest checkpoint)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not (path / STATE_META).is_file():
         latest = latest_checkpoint(path)
         if latest is None:
             raise CheckpointError(f"no training checkpoint in {path} (expected {path}/checkpoints/{LATEST})")
         path = latest
-    return Checkpoint(path=path, model_state=load_file(path / MODEL_FILE), model_meta=_read_json(path / MODEL_META),
-                      train_tensors=load_file(path / STATE_FILE), train_meta=_read_json(path / STATE_META))
+    return Checkpoint(path=path, model_state=_read_safetensors(path / MODEL_FILE),
+                      model_meta=_read_json(path / MODEL_META), train_tensors=_read_safetensors(path / STATE_FILE),
+                      train_meta=_read_json(path / STATE_META))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

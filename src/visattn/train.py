@@ -31,6 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import (
+    checkpoint_root,
+    discard_checkpoints_after,
+    last_validated_checkpoint,
     export_model,
     latest_checkpoint,
     load_checkpoint,
@@ -45,7 +48,8 @@ from .distributed import all_gather_objects, barrier, convert_sync_batchnorm, in
 from .tasks import options_to_dict
 from .tasks.base import EvalContext, RunSettings, Task
 
-__all__ = ["RUNTIME_FIELDS", "ModelEma", "TrainConfig", "TrainError", "lr_at", "train"]
+__all__ = ["RESCUE_FIELDS", "RUNTIME_FIELDS", "DivergenceGuard", "ModelEma", "TrainConfig", "TrainError", "lr_at",
+           "train", "validate_config"]
 
 log = logging.getLogger("visattn")
 
@@ -82,6 +86,7 @@ class TrainConfig:
     deterministic: bool = False
     out: str = "runs/train"
     save_every: int = 0                  # also checkpoint every N steps inside an epoch (0: epoch ends only)
+    divergence_factor: float = 10.0      # stop when the running loss exceeds this times its lowest level (0: off)
     keep: int = 2
     log_every: int = 10
     val_fraction: float = 0.1
@@ -96,6 +101,63 @@ class TrainConfig:
 
 
 RUNTIME_FIELDS = ("device", "workers", "threads", "progress")
+# settings ``--resume`` accepts anew, to rescue a run that diverged (the schedule continues from the saved step)
+RESCUE_FIELDS = ("lr", "min_lr")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """A clear error for settings that cannot make a run (before any data is loaded or file written)."""
+    def need(ok: bool, flag: str, what: str, value: Any) -> None:
+        if not ok:
+            raise TrainError(f"{flag} must be {what}, got {value!r}")
+
+    need(cfg.epochs >= 1, "--epochs", "at least 1", cfg.epochs)
+    need(cfg.batch_size >= 1, "--batch-size", "at least 1", cfg.batch_size)
+    need(cfg.img_size is None or cfg.img_size >= 1, "--img-size", "a positive number of pixels", cfg.img_size)
+    for flag, value in (("--lr", cfg.lr), ("--min-lr", cfg.min_lr), ("--weight-decay", cfg.weight_decay),
+                        ("--warmup-epochs", cfg.warmup_epochs), ("--clip-grad", cfg.clip_grad),
+                        ("--divergence-factor", cfg.divergence_factor)):
+        need(math.isfinite(value) and value >= 0, flag, "a finite number >= 0", value)
+    need(cfg.lr > 0, "--lr", "positive", cfg.lr)
+    need(0 <= cfg.ema_decay < 1, "--ema", "in [0, 1)", cfg.ema_decay)
+    need(0 < cfg.val_fraction < 1, "--val-fraction", "in (0, 1)", cfg.val_fraction)
+    need(cfg.keep >= 1, "--keep", "at least 1", cfg.keep)
+    need(cfg.save_every >= 0 and cfg.log_every >= 0, "--save-every / --log-every", ">= 0",
+         (cfg.save_every, cfg.log_every))
+    for flag, value in (("--train-limit", cfg.train_limit), ("--val-limit", cfg.val_limit),
+                        ("--eval-batch-size", cfg.eval_batch_size), ("--workers", cfg.workers or 0),
+                        ("--threads", cfg.threads or 1)):
+        need(value is None or value >= (0 if flag == "--workers" else 1), flag, "positive", value)
+
+
+class DivergenceGuard:
+    """Stops a run whose loss runs away.
+
+    Rule: the step loss (averaged over the global batch) is non-finite, or, once 10 steps are taken, its running
+    level (an exponential moving average with decay 0.9, about the last 10 steps) exceeds ``factor`` times the
+    lowest running level seen so far. A healthy run's level falls or wobbles by far less than 10x; a run whose
+    learning rate is too high climbs to hundreds or thousands of times its best level within a few steps.
+    """
+
+    def __init__(self, factor: float, state: list[float] | None = None):
+        self.factor = factor
+        self.level, self.lowest, self.steps = state if state else (None, math.inf, 0)
+
+    def update(self, loss: float) -> str | None:
+        """Record a step's loss; a reason to stop, or None."""
+        if not math.isfinite(loss):
+            return f"loss is {loss}"
+        self.level = loss if self.level is None else 0.9 * self.level + 0.1 * loss
+        self.steps += 1
+        if self.steps >= 10:
+            if self.factor and self.level > self.factor * self.lowest:
+                return (f"the running loss {self.level:.4g} is over {self.factor:g}x its lowest level "
+                        f"{self.lowest:.4g}")
+            self.lowest = min(self.lowest, self.level)
+        return None
+
+    def state(self) -> list[float]:
+        return [self.level, self.lowest, self.steps]
 
 
 def lr_at(step: int, *, total: int, warmup: int, base: float, minimum: float) -> float:
@@ -281,6 +343,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         raise TrainError(f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
     if cfg.amp == "fp16" and device.type != "cuda":
         raise TrainError("--amp fp16 needs a CUDA device (it uses a gradient scaler); use --amp bf16 on CPU")
+    validate_config(cfg)
     torch.manual_seed(cfg.seed + info.rank)
     run = Path(cfg.out)
     ckpt = None
@@ -327,6 +390,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
     stat_names = ("loss", "count", *task.train_stat_names)              # epoch sums over the global batches
+    guard = DivergenceGuard(cfg.divergence_factor)
     step, sums, best = 0, torch.zeros(len(stat_names), dtype=torch.float64), None
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state)
@@ -343,6 +407,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         sums = torch.tensor([_saved_sums(ckpt.train_meta["epoch_sums"]).get(k, 0.0) for k in stat_names],
                             dtype=torch.float64)
         best = ckpt.train_meta.get("best")
+        guard = DivergenceGuard(cfg.divergence_factor, ckpt.train_meta.get("loss_level"))
     train_model: nn.Module = model
     if info.enabled:
         ddp_args = {"device_ids": [device.index]} if device.type == "cuda" else {}
@@ -353,14 +418,29 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     metrics = _Metrics(run / "metrics.jsonl", info.is_main, step if ckpt else None)
     show_bar = info.is_main and (sys.stderr.isatty() if cfg.progress is None else cfg.progress)
     last_saved: Path | None = ckpt.path if ckpt else None
-    def save(epoch: int, eval_row: dict[str, Any] | None) -> None:
+
+    # A checkpoint is good when its weights and buffers are finite and the validation just before it was finite:
+    # the epoch-end ones. Pruning never removes the newest good one; on divergence the ones after it go.
+    last_good: Path | None = last_validated_checkpoint(run) if ckpt else None
+
+    def diverged(what: str) -> str:
         nonlocal last_saved
-        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if info.is_main:
+            last_saved = discard_checkpoints_after(run, last_good)
+        barrier(info)
+        kept = (f"the last good checkpoint is {last_good}; continue from it with a lower learning rate: visattn "
+                f"train --resume {run} --lr {cfg.lr / 10:g}") if last_good else \
+            "no checkpoint had passed a validation yet (checkpoints after the last validation were removed)"
+        return f"training diverged ({what}) and stopped; {kept}"
+    def save(epoch: int, eval_row: dict[str, Any] | None) -> None:
+        nonlocal last_saved, last_good
+        bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
-            raise TrainError(f"weights became non-finite ({bad[0]}) at step {step}: training diverged; kept the "
-                             f"last good checkpoint {last_saved or '(none)'}; lower --lr")
+            raise TrainError(diverged(f"weights became non-finite ({bad[0]}) at step {step}"))
         rng = all_gather_objects(torch.get_rng_state(), info)
         if not info.is_main:
+            if eval_row is not None:
+                last_good = checkpoint_root(run) / f"step{step:08d}"
             barrier(info)
             return
         tensors, opt_meta = optimizer_state_to_flat(optimizer.state_dict())
@@ -371,9 +451,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
         state = {"step": step, "epoch": epoch, "steps_per_epoch": steps_per_epoch, "world_size": info.world_size,
                  "epoch_sums": dict(zip(stat_names, sums.tolist())), "best": best, "optimizer": opt_meta, "scaler": scaler.state_dict(),
-                 "config": dataclasses.asdict(cfg), "eval": eval_row}
+                 "config": dataclasses.asdict(cfg), "eval": eval_row, "loss_level": guard.state()}
         last_saved = save_checkpoint(run, f"step{step:08d}", model_state=model.state_dict(), model_meta=meta,
-                                     train_tensors=tensors, train_meta=state, keep=cfg.keep)
+                                     train_tensors=tensors, train_meta=state, keep=cfg.keep,
+                                     protect=last_good.name if last_good else None)
+        if eval_row is not None:
+            last_good = last_saved
         barrier(info)
 
     if info.is_main:
@@ -418,12 +501,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
                                  dtype=torch.float64)
             if info.enabled:
                 torch.distributed.all_reduce(stats)
-            if not math.isfinite(stats[0]):
+            reason = guard.update(float(stats[0] / stats[1]))
+            if reason:
                 if bar is not None:
                     bar.close()
-                raise TrainError(f"loss is {stats[0] / stats[1]:.4g} at epoch {epoch + 1}, step {step + 1}: "
-                                 f"training diverged and stopped; the last good checkpoint is kept "
-                                 f"({last_saved or 'none saved yet'}); lower --lr (now {cfg.lr:g}) or clip gradients")
+                raise TrainError(diverged(f"{reason} at epoch {epoch + 1}, step {step + 1}"))
             scaler.scale(loss).backward()
             if cfg.clip_grad > 0:
                 scaler.unscale_(optimizer)
@@ -460,6 +542,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         if ema is not None:
             ema_result = _numbers(task.evaluate(ema.module, ctx))
             eval_row.update({f"ema_{k}": v for k, v in ema_result.items() if k != "val_count"})
+        bad = [k for k, v in eval_row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise TrainError(diverged(f"validation {bad[0]} is {eval_row[bad[0]]} after epoch {epoch + 1}"))
         main = eval_row.get(f"ema_{task.main_metric}", eval_row[task.main_metric])
         if best is None or main > best["value"]:
             best = {"value": main, "epoch": epoch + 1, "metric": task.main_metric}
@@ -519,7 +604,8 @@ def config_from_saved(saved: dict[str, Any], runtime: dict[str, Any]) -> TrainCo
     valid = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = _migrate_saved(saved)
     cfg = TrainConfig(**{k: _tupled(v) for k, v in saved.items() if k in valid})
-    return dataclasses.replace(cfg, **{k: v for k, v in runtime.items() if k in RUNTIME_FIELDS and v is not None})
+    return dataclasses.replace(cfg, **{k: v for k, v in runtime.items()
+                                       if k in RUNTIME_FIELDS + RESCUE_FIELDS and v is not None})
 
 
 

@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--val-limit", type=int, metavar="N", help="use only N validation images")
     out = p.add_argument_group("checkpoints and logging")
     out.add_argument("--save-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
+    out.add_argument("--divergence-factor", type=float, metavar="F",
+                     help="stop when the running loss (EMA over ~10 steps) exceeds F times its lowest level (default "
+                          "10; 0: stop only on a non-finite loss)")
     out.add_argument("--keep", type=int, help="checkpoints to keep (default 2)")
     out.add_argument("--log-every", type=int, metavar="STEPS", help="metrics row every N steps (default 10)")
     out.add_argument("--eval-batch-size", type=int)
@@ -65,7 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 _ARG_TO_FIELD = {"batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "clip_grad", "amp", "ema_decay",
                  "grad_checkpointing", "compile", "sync_bn", "bn_momentum", "seed", "deterministic", "img_size",
                  "val_fraction", "train_limit", "val_limit", "save_every", "keep", "log_every", "eval_batch_size",
-                 "epochs", "data", "model", "pretrained", "device", "workers", "threads", "progress", "task"}
+                 "epochs", "data", "model", "pretrained", "device", "workers", "threads", "progress", "task",
+                 "divergence_factor"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import latest_checkpoint, load_checkpoint
     from ..tasks import get_task
-    from ..train import RUNTIME_FIELDS, TrainConfig, config_from_saved, train
+    from ..train import RESCUE_FIELDS, RUNTIME_FIELDS, TrainConfig, config_from_saved, train
 
     log = logging.getLogger("visattn")
     given = {k: v for k, v in vars(args).items() if k in _ARG_TO_FIELD and v is not None}
@@ -85,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
         if latest_checkpoint(run_dir) is None:
             raise ValueError(f"--resume {run_dir}: no checkpoint in it (checkpoints/latest is missing)")
         saved = load_checkpoint(run_dir).train_meta["config"]
-        ignored = sorted(k for k in given if k not in RUNTIME_FIELDS and given[k] != saved.get(k))
+        ignored = sorted(k for k in given if k not in RUNTIME_FIELDS + RESCUE_FIELDS and given[k] != saved.get(k))
+        for key in RESCUE_FIELDS:
+            if key in given and given[key] != saved.get(key):
+                log.warning("resuming with --%s %g (the run had %g); the schedule continues from the saved step",
+                            key.replace("_", "-"), given[key], saved.get(key))
         options = task_options_given(args, saved.get("task", "classification"))
         ignored += sorted(k for k, v in options.items() if v != saved.get("task_options", {}).get(k))
         if args.overrides or args.out or ignored:
