@@ -65,7 +65,8 @@ def test_speed_comparison_on_cpu() -> None:
     from visattn.registry import get_model_class
 
     gpu_check = _load()
-    name = next(n for n in gpu_check.families() if getattr(get_model_class(n), "task", "classification") == "classification")
+    name = next(n for n in gpu_check.families()
+                if getattr(get_model_class(n), "task", "classification") == "classification")
     ours = visattn.create_model(name, **get_model_class(name).test_overrides)
     from visattn.export import example_inputs
 

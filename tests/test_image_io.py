@@ -179,7 +179,7 @@ def test_missing_and_corrupt_files(tmp_path) -> None:
         read_image(tmp_path / "bad.png")
 
 
-# --- 16-bit colour PNGs (Pillow reads these at 8 bits) -----------------------------------------------------------------
+# --- 16-bit colour PNGs (Pillow reads these at 8 bits) ----------------------------------------------------------------
 
 def _filter_rows(rows: np.ndarray, bpp: int) -> bytes:
     """PNG-encode (H, stride) uint8 rows, row y with filter type y % 5 (the test's own encoder)."""

@@ -3,17 +3,18 @@
 One decoder serves classification (uint8 RGB), restoration (float, 16-bit precision kept) and few-shot segmentation
 (grey levels). Values are scaled by the depth the file stores, never by the data's range:
 
-| Pillow mode                              | scale                                    | channels |
-| ---------------------------------------- | ---------------------------------------- | -------- |
-| ``1``                                    | {0, 1}                                   | 1        |
-| ``L``, ``LA``, ``La``                    | / 255                                    | 1        |
-| ``I;16``, ``I;16B``, ``I;16L``, ``I;16N``| / 65535                                  | 1        |
-| ``I`` (32-bit integer)                   | / (2**bits - 1), bits from the PNG / TIFF header; 16 if unknown and all values fit, else 32 | 1 |
-| ``F`` (32-bit float)                     | taken as [0, 1]; values outside are clipped, with a warning | 1 |
-| ``P``, ``PA``                            | the palette's colours / 255              | 3        |
-| ``RGB``, ``RGBA``, ``RGBa``, ``RGBX``    | / 255                                    | 3        |
-| ``CMYK``, ``YCbCr``, ``HSV``, ``LAB``    | Pillow's conversion to RGB, / 255        | 3        |
-| 16-bit RGB / RGBA / grey+alpha PNG       | / 65535 (decoded here: Pillow reads these at 8 bits) | 3 or 1 |
+| Pillow mode                                 | scale                                        | channels |
+| ------------------------------------------- | -------------------------------------------- | -------- |
+| ``1``                                       | {0, 1}                                       | 1        |
+| ``L``, ``LA``, ``La``                       | / 255                                        | 1        |
+| ``I;16``, ``I;16B``, ``I;16L``, ``I;16N``   | / 65535                                      | 1        |
+| ``I`` (32-bit integer)                      | / (2**bits - 1), bits from the PNG / TIFF    | 1        |
+|                                             | header; else 16 if every value fits, else 32 |          |
+| ``F`` (32-bit float)                        | taken as [0, 1]; clipped, with a warning     | 1        |
+| ``P``, ``PA``                               | the palette's colours / 255                  | 3        |
+| ``RGB``, ``RGBA``, ``RGBa``, ``RGBX``       | / 255                                        | 3        |
+| ``CMYK``, ``YCbCr``, ``HSV``, ``LAB``       | Pillow's conversion to RGB, / 255            | 3        |
+| 16-bit RGB / RGBA / grey+alpha PNG          | / 65535 (decoded here: Pillow reads 8 bits)  | 3 or 1   |
 
 **Alpha rule: transparent pixels are composited over black**, i.e. the decoded colour is ``colour * alpha``
 (premultiplied alpha). This holds for every source of transparency: an alpha channel (``LA``, ``RGBA``, ``PA``,
