@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attend import attend, key_padding_bias
+from .attend import attend
 from .partition import (
     is_symbolic,
     needs_padding,
@@ -34,7 +34,7 @@ from .partition import (
 )
 
 __all__ = ["CosineAttnTransform", "cpb_coords", "cpb_index", "shift_region_mask", "window_classes",
-           "dense_window_bias", "cosine_qk", "attend_windows", "attend_window_classes"]
+           "dense_window_bias", "mask_like", "cosine_qk", "attend_windows", "attend_window_classes"]
 
 # Swin V2 / GRL clamp the learnable logit scale at log(1 / 0.01), i.e. a temperature of at most 100.
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -234,6 +234,12 @@ def window_classes(query_map: tuple[int, int], query_window: tuple[int, int], qu
     return classes
 
 
+def mask_like(mask: Tensor, bias: Tensor) -> Tensor:
+    """A float32 additive ``mask`` in ``bias``'s device and dtype, its most negative values clamped to the dtype's
+    own finite minimum (float32's minimum would round to -inf in bfloat16 and float16)."""
+    return mask.to(bias.device).clamp(min=torch.finfo(bias.dtype).min).to(bias.dtype)
+
+
 def dense_window_bias(bias: Tensor, query_map: tuple[int, int], query_window: tuple[int, int],
                       query_shift: tuple[int, int], key_map: tuple[int, int], key_window: tuple[int, int],
                       key_shift: tuple[int, int], key_real: tuple[int, int], shifted: bool) -> Tensor:
@@ -243,14 +249,15 @@ def dense_window_bias(bias: Tensor, query_map: tuple[int, int], query_window: tu
     device = bias.device
     if shifted:
         region = shift_region_mask(query_map, query_window, query_shift, key_map, key_window, key_shift)
-        bias = bias + region.to(device)[:, None]                        # (nWin, nh, Nq, Nk)
+        bias = bias + mask_like(region, bias)[:, None]                  # (nWin, nh, Nq, Nk)
     pad = (key_map[0] - key_real[0], key_map[1] - key_real[1])
     if needs_padding(pad):                                              # always while traced (amounts may be 0)
         valid = valid_token_mask(*key_real, pad, device)                # (1, Hk, Wk, 1)
         if shifted:
             valid = roll_maps(valid, (-key_shift[0], -key_shift[1]), (1, 2))
         valid = window_partition(valid, key_window).reshape(-1, key_window[0] * key_window[1])  # (nWin, Nk)
-        bias = bias + key_padding_bias(valid, bias.dtype)               # (nWin, nh, Nq, Nk)
+        # set, not added: -100 (shift) plus the dtype's minimum would overflow to -inf in float16
+        bias = torch.where(valid[:, None, None, :], bias, torch.finfo(bias.dtype).min)  # (nWin, nh, Nq, Nk)
     return bias
 
 
@@ -259,7 +266,9 @@ def cosine_qk(q: Tensor, k: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
 
     ``attend(q, k, v, scale=1.0)`` on the result gives cosine-similarity attention.
     """
-    return F.normalize(q, dim=-1) * scale.to(q.dtype), F.normalize(k, dim=-1)
+    # F.normalize's default eps (1e-12) is 0 in float16, where zero (padded) tokens would give 0 / 0
+    eps = max(1e-12, torch.finfo(q.dtype).tiny)
+    return F.normalize(q, dim=-1, eps=eps) * scale.to(q.dtype), F.normalize(k, dim=-1, eps=eps)
 
 
 def attend_windows(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
@@ -290,23 +299,23 @@ def attend_window_classes(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
     """
     if len(classes) == 1:
         mask = classes[0][1]
-        return attend_windows(q, k, v, bias if mask is None else bias + mask.to(bias.device))
+        return attend_windows(q, k, v, bias if mask is None else bias + mask_like(mask, bias))
     B, n_win, _, Nq, hd = q.shape
     Nk = k.shape[-2]
     if Nq * Nk <= B * (Nq + 2 * Nk) * hd:
         # Small windows: one (nWin, Nq, Nk) mask costs less than gathering each class's q, k, v. Measured, a shifted
         # WindowAttentionV2 (dim 64, 2 heads) on a 224 x 224 map, 2 threads: window 4 dense 77 ms / classes 101 ms,
         # window 8 100 / 102, window 16 108 / 94; the rule picks dense for the first two.
-        masks = torch.zeros(n_win, Nq, Nk, device=bias.device)
+        masks = torch.zeros(n_win, Nq, Nk, device=bias.device, dtype=bias.dtype)
         for index, mask in classes:
             if mask is not None:
-                masks[index.to(bias.device)] = mask.to(bias.device)
+                masks[index.to(bias.device)] = mask_like(mask, bias)
         return attend_windows(q, k, v, bias + masks[:, None])           # bias (nWin, nh, Nq, Nk)
     out = None
     for index, mask in classes:
         index = index.to(q.device)
         part = attend_windows(q.index_select(1, index), k.index_select(1, index), v.index_select(1, index),
-                              bias if mask is None else bias + mask.to(bias.device))  # (B, n, nh, Nq, hd_v)
+                              bias if mask is None else bias + mask_like(mask, bias))  # (B, n, nh, Nq, hd_v)
         if out is None:
             out = part.new_empty(q.shape[0], q.shape[1], *part.shape[2:])  # (B, nWin, nh, Nq, hd_v)
         out.index_copy_(1, index, part)
@@ -338,6 +347,8 @@ class CosineAttnTransform(nn.Module):
         """(heads, Nq, Nk) position bias from a (T0, T1, 2) coordinate table and a (Nq, Nk) index into it."""
         # Swin V2 bounds the bias to 16 * sigmoid; applied to the small table before the gather (the same values),
         # and gathered head-major so the (heads, Nq, Nk) result is contiguous, as SDPA's mask wants it.
+        # the coordinate tables are float32 (cached for every dtype): the MLP runs in its weights' dtype
+        coords = coords.to(self.cpb_mlp[0].weight.dtype)
         table = 16 * torch.sigmoid(self.cpb_mlp(coords).view(-1, self.num_heads))  # (T0*T1, heads)
         bias = table.t().contiguous().index_select(1, index.reshape(-1))  # (heads, Nq*Nk)
         return bias.view(self.num_heads, *index.shape)                   # (heads, Nq, Nk)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DataError
+from .image_io import read_gray_levels as _read_gray
 
 __all__ = [
     "Volume",
@@ -648,22 +649,6 @@ def train_fewshot(cfg: FewShotConfig, *, data: FewShotData | None = None) -> dic
 
 
 # --- prediction on image files ---------------------------------------------------------------------------------------
-
-def _read_gray(path: str | os.PathLike) -> Tensor:
-    """An image file as a float32 (H, W) grey-level tensor (PIL; colour images are converted to luminance)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("F") if im.mode in ("I", "I;16", "F") else im.convert("L")
-            h, w = im.size[1], im.size[0]
-            return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.float32 if im.mode == "F" else torch.uint8
-                                    ).view(h, w).float()
-    except FileNotFoundError:
-        raise DataError(f"file not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read {path} as an image ({err})") from err
-
 
 def read_mask(path: str | os.PathLike, size: tuple[int, int]) -> Tensor:
     """A binary mask file ({0, 1} or {0, 255}) of the given (H, W) as a bool tensor; clear errors otherwise."""

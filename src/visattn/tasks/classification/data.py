@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..base import DataError
+from ..image_io import read_image
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -93,18 +94,6 @@ class ClassificationData:
     classes: list[str]
     defaults: DataDefaults
     source: dict[str, Any]  # how to rebuild the same split later (recorded in model.json)
-
-
-def read_image(path: str | os.PathLike, size: int | None = None) -> Tensor:
-    """Decode an image file to a uint8 (3, H, W) RGB tensor, squashed to (size, size) if ``size`` is given."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)               # PIL resizes with antialiasing
-        data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        return data.view(im.size[1], im.size[0], 3).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
 # --- built-in data -----------------------------------------------------------------------------------------------
