@@ -12,7 +12,7 @@ import torch
 Image = pytest.importorskip("PIL.Image")
 
 from visattn.tasks.base import DataError  # noqa: E402
-from visattn.tasks.classification import read_image as classification_read_image  # noqa: E402
+from visattn.tasks.classification.data import read_image as classification_read_image  # noqa: E402
 from visattn.tasks.fewshot import read_mask  # noqa: E402
 from visattn.tasks.image_io import (  # noqa: E402
     decode_image,
