@@ -87,7 +87,7 @@ class WeightsEntry:
 
     def config_overrides(self) -> dict[str, Any]:
         """The config fields these weights need, with ``num_classes`` (a user's own overrides go on top)."""
-        return {"num_classes": self.num_classes, **dict(self.overrides)}
+        return {**({"num_classes": self.num_classes} if self.num_classes else {}), **dict(self.overrides)}
 
     def preprocessing(self) -> dict[str, Any]:
         """Size, crop and normalisation of the publisher's evaluation, and the label names (None if none)."""
