@@ -240,3 +240,14 @@ def test_create_model_pretrained_arguments() -> None:
     grl = visattn.create_model("grl_tiny.official_sr_c3x3", **{k: v for k, v in GRL.test_overrides.items()
                                                                  if k != "upscale"})
     assert grl.config.upscale == 3
+
+
+def test_docs_weights_table_is_generated_from_the_registry() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "make_weights_table.py"), "--check"],
+                          env={**__import__("os").environ, "PYTHONPATH": str(root / "src")})
+    assert done.returncode == 0, "docs/weights.md is stale: run scripts/make_weights_table.py"
