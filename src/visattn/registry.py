@@ -100,32 +100,77 @@ def get_model_config(name: str, **overrides: Any) -> Any:
     return dataclasses.replace(config, **overrides)
 
 
-def create_model(name: str, *, checkpoint: Any = None, features_only: bool = False,
+def _weights_for(name: str, pretrained: bool | str | None) -> tuple[str, Any]:
+    """(variant, weights entry or None) for a create_model name and its ``pretrained`` argument."""
+    from .weights.registry import get_weights
+
+    entry = None
+    if name not in _MODELS:                      # model.tag, or a timm / torchvision name or tag
+        try:
+            entry = get_weights(name)
+        except ValueError:
+            raise _unknown("model", name, list(_MODELS)) from None
+        name = entry.model
+    if pretrained is None or pretrained is False:
+        return name, entry
+    if pretrained is True:
+        if entry is None:
+            try:
+                entry = get_weights(name)
+            except ValueError as err:
+                raise ValueError(f"{name!r} has no published weights ({err}); build it with pretrained=False or "
+                                 "load your own file with checkpoint=PATH") from None
+        return name, entry
+    if isinstance(pretrained, str):
+        from .weights.registry import _aliases, _entries
+
+        known = pretrained in _entries() or pretrained in _aliases()
+        tagged = get_weights(pretrained if known else f"{name}.{pretrained}")
+        if tagged.model != name or (entry is not None and tagged is not entry):
+            raise ValueError(f"pretrained={pretrained!r} names weights of {tagged.model!r} ({tagged.name}), "
+                             f"which do not belong to {(entry.name if entry else name)!r}")
+        return name, tagged
+    raise ValueError(f"pretrained must be False, True or a tag string, got {pretrained!r}")
+
+
+def create_model(name: str, *, pretrained: bool | str = False, checkpoint: Any = None, features_only: bool = False,
                  out_indices: Sequence[int] | None = None, **overrides: Any) -> nn.Module:
-    """Build the registered model ``name``.
+    """Build the registered model ``name``, with published weights if asked.
 
     Args:
-        name: a name from :func:`list_models`.
+        name: a name from :func:`list_models`, ``model.tag`` (``maxvit_tiny.in1k_384``), or a timm / torchvision
+            name or tag (``maxvit_tiny_tf_384.in1k``, ``mvit_v2_s``). A tagged name builds the config its weights
+            need (partition size, classes) even with ``pretrained=False``, as timm does.
+        pretrained: False (random weights), True (the tag in ``name``, else the variant's default tag) or a tag
+            (``"in1k_384"``, ``"maxvit_tiny.in1k_384"`` or a timm tag). The file comes from the Hugging Face Hub or
+            the publisher's URL through the local caches (see ``visattn list --pretrained``).
         checkpoint: optional path or state dict passed to :func:`visattn.load_pretrained` (strict), loaded into the
             whole model (classifier included) before ``features_only`` drops the classifier.
         features_only: return a :class:`visattn.layers.features.FeatureListNet`: the list of stage maps at
             ``out_indices`` (default: every stage), with ``feature_info.channels()`` / ``.reduction()``, as timm's
             ``features_only`` models (image classifiers only).
         out_indices: the stages ``features_only`` returns; negative indices count from the last.
-        **overrides: config fields to change, e.g. ``num_classes=10``; an unknown field raises a ``ValueError``
-            listing the valid ones.
+        **overrides: config fields to change, e.g. ``num_classes=10`` (with pretrained weights of another width
+            the classifier is left fresh, with a log line); an unknown field raises a ``ValueError`` listing the
+            valid ones.
     """
-    if "pretrained" in overrides:
-        # timm's spelling; visattn never downloads, so say what to do instead of listing config fields.
-        raise ValueError("visattn does not download weights: pass checkpoint=PATH (a timm, official or visattn "
-                         "checkpoint file) instead of pretrained=...")
-    config = get_model_config(name, **overrides)
+    _ensure_loaded()
+    name, entry = _weights_for(name, pretrained)
+    if checkpoint is not None and pretrained not in (False, None):
+        raise ValueError("pass either pretrained=... or checkpoint=..., not both")
+    config = get_model_config(name, **{**(entry.config_overrides() if entry else {}), **overrides})
     model = _MODELS[name][0](config)
     model.variant_name = name
+    if entry is not None:
+        model.weights_entry = entry
     if checkpoint is not None:
         from .weights import load_pretrained
 
         load_pretrained(model, checkpoint)
+    elif pretrained not in (False, None):
+        from .weights import load_pretrained
+
+        load_pretrained(model, entry.source, hash_prefix=entry.hash_prefix, drop_mismatched_classifier=True)
     if features_only:
         from .layers.features import FeatureListNet
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from torch import Tensor, nn
 
 from .checks import check_image
+from .timm_api import TimmModelAPI, finish_pretrained_cfg
 
 __all__ = ["ClassifierBackbone", "stage_indices"]
 
@@ -31,7 +32,7 @@ def stage_indices(indices: int | Sequence[int] | None, n: int, what: str = "indi
     return [i % n for i in indices]
 
 
-class ClassifierBackbone(nn.Module):
+class ClassifierBackbone(TimmModelAPI, nn.Module):
     """Mixin with ``set_grad_checkpointing``, ``reset_classifier``, ``forward_head`` and ``forward``."""
 
     min_input_size: int
@@ -51,7 +52,7 @@ class ClassifierBackbone(nn.Module):
         size = tuple(size)[-2:] if isinstance(size, (tuple, list)) else (size, size)
         cfg = {"input_size": (self.config.in_chans, *size), "crop_mode": "center", **self.data_defaults,
                **self.data_variants.get(getattr(self, "variant_name", ""), {})}
-        return {**cfg, "num_classes": self.config.num_classes}
+        return finish_pretrained_cfg(self, {**cfg, "num_classes": self.config.num_classes})
 
     def _check_input(self, x: Tensor) -> None:
         check_image(x, self.config.in_chans, who=type(self).__name__, min_size=self.min_input_size,
@@ -63,10 +64,15 @@ class ClassifierBackbone(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh classifier for ``num_classes`` (0: none, ``forward`` returns pooled features). ``global_pool`` is
-        timm's argument; these heads average-pool, so only None or "avg" are accepted."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"{type(self).__name__} pools by average only: global_pool must be None or 'avg', "
-                             f"got {global_pool!r}")
+        timm's argument; these heads average-pool, so only None, "avg" or "" (no pooling: with num_classes=0,
+        ``forward`` returns the unpooled ``forward_features`` map, as timm) are accepted."""
+        if global_pool not in (None, "avg", ""):
+            raise ValueError(f"{type(self).__name__} pools by average only: global_pool must be None, 'avg' or '' "
+                             f"(unpooled, with num_classes=0), got {global_pool!r}")
+        if global_pool == "" and num_classes:
+            raise ValueError("global_pool='' (unpooled features) needs num_classes=0")
+        if global_pool is not None:
+            self._global_pool = global_pool or ""
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.config = replace(self.config, num_classes=num_classes)
 
@@ -74,28 +80,39 @@ class ClassifierBackbone(nn.Module):
         """The output maps of stages 0..``last``, (B, C_i, (T_i,) H_i, W_i) each."""
         raise NotImplementedError
 
-    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, *, stop_early: bool = False,
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, *, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
         """Stage output maps for dense tasks, with timm's arguments and return value.
 
         Args:
             x: (B, in_chans, H, W) images (or videos for the video models).
             indices: which stages: None all, an int n the last n, or a sequence of indices (negative from the end).
+            norm: timm's argument, accepted for its signature: the maps are the same either way (MaxViT / DaViT /
+                CloFormer keep their norm in the head, as timm's ports; MViT's last map is always normalised).
             stop_early: run no stage after the last selected one (the final map is then that stage's).
+            output_fmt: "NCHW" (timm's default), or "NHWC" for channels-last maps (images only).
             intermediates_only: return only the list.
 
         Returns:
             (final map, [map per selected stage]) - the final map is ``forward_features(x)`` unless ``stop_early``
             cut the stages short - or just the list. Widths and strides are in ``feature_info``.
         """
+        if output_fmt not in ("NCHW", "NHWC") or (output_fmt == "NHWC" and self.input_ndim != 4):
+            raise ValueError(f"output_fmt must be 'NCHW' (or 'NHWC' for images), got {output_fmt!r}")
         n = len(self.feature_info)
         take = stage_indices(indices, n)
         maps = self._stage_maps(x, max(take) if stop_early else n - 1)
+        if output_fmt == "NHWC":
+            maps = [m.permute(0, 2, 3, 1) for m in maps]               # (B, H_i, W_i, C_i)
         selected = [maps[i] for i in take]
         return selected if intermediates_only else (maps[-1], selected)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Shape: (B, C, h, w) -> (B, num_classes), or (B, num_features) with ``pre_logits``."""
+        """Shape: (B, C, h, w) -> (B, num_classes), or (B, num_features) with ``pre_logits``; unchanged after
+        ``reset_classifier(0, '')``."""
+        if self.global_pool == "":
+            return x
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: Tensor) -> Tensor:

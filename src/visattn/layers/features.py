@@ -55,5 +55,14 @@ class FeatureListNet(nn.Module):
             model.head = nn.Identity()                                  # the classifier is not part of a backbone
         self.model = model
 
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The wrapped classifier's ``pretrained_cfg`` (timm's features_only models keep it)."""
+        return getattr(self.model, "pretrained_cfg", {})
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        return self.pretrained_cfg
+
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.model.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)

@@ -285,8 +285,9 @@ class MViT(ClassifierBackbone):
         """A fresh classifier for ``num_classes`` (0: none); ``global_pool`` ("avg", or "token" with a class token)
         changes the pooling too, as in timm."""
         if global_pool is not None:
-            if global_pool not in ("avg", "token") or (global_pool == "token" and not self.config.cls_token):
-                raise ValueError(f"global_pool must be 'avg', or 'token' with cls_token=True; got {global_pool!r}")
+            if global_pool not in ("avg", "token", "") or (global_pool == "token" and not self.config.cls_token):
+                raise ValueError(f"global_pool must be 'avg', 'token' with cls_token=True, or '' (unpooled tokens); "
+                                 f"got {global_pool!r}")
             self.config = replace(self.config, global_pool=global_pool)
         self.head = self._make_head(num_classes)
         self.config = replace(self.config, num_classes=num_classes)
@@ -348,6 +349,8 @@ class MViT(ClassifierBackbone):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Shape: tokens (B, prefix + N, C) from ``forward_tokens`` or a map from ``forward_features`` ->
         (B, num_classes), or (B, num_features) with ``pre_logits``. Class-token pooling needs the tokens."""
+        if self.config.global_pool == "":                               # reset_classifier(n, ''): no pooling
+            return x if pre_logits else self.head(x)
         if x.ndim == 3:
             x = x[:, 0] if self.config.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(1)
         elif self.config.global_pool == "token":

@@ -6,6 +6,7 @@ this module does the reading, the unwrapping of common containers and the strict
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["LoadResult", "read_state_dict", "load_pretrained"]
+
+_log = logging.getLogger("visattn.weights")
 
 # Containers that training scripts wrap a state dict in (timm, torchvision references, DeiT, official repos).
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "params", "module", "net", "params_ema")
@@ -61,28 +64,50 @@ def read_state_dict(checkpoint: str | os.PathLike | Mapping[str, Tensor]) -> dic
 
 
 def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Tensor], *,
-                    strict: bool = True) -> LoadResult:
+                    strict: bool = True, hash_prefix: str | None = None,
+                    drop_mismatched_classifier: bool = False) -> LoadResult:
     """Load visattn, timm or official weights into ``model``.
 
     Args:
         model: a visattn model.
-        checkpoint: path (.safetensors, or .pth/.bin loaded with ``weights_only=True``) or a state dict.
+        checkpoint: path (.safetensors, or .pth/.bin loaded with ``weights_only=True``), a state dict,
+            ``hf-hub:ORG/REPO[/FILE]`` (through huggingface_hub and its cache), or an ``http(s)://`` / ``file://``
+            URL (through the torch hub cache); see :func:`visattn.weights.hub.fetch`.
         strict: raise if any key is missing or unexpected. With ``strict=False`` those are returned instead.
-            A shape mismatch always raises (a silent partial load is never what a user wants).
+            A shape mismatch always raises (a silent partial load is never what a user wants), except for the
+            classifier with ``drop_mismatched_classifier``.
+        hash_prefix: leading hex digits of the file's SHA-256, checked when a URL is downloaded.
+        drop_mismatched_classifier: a classifier (``head.fc``) of another width than the model's is left out
+            with a log line and the model keeps its fresh one (``create_model(..., pretrained=...,
+            num_classes=10)``). The dropped keys are not reported as missing.
 
     Returns:
         The missing and unexpected keys (empty lists after a strict load).
     """
+    if isinstance(checkpoint, str):
+        from .hub import fetch, is_remote
+
+        if is_remote(checkpoint):
+            checkpoint = fetch(checkpoint, hash_prefix=hash_prefix)
     state = read_state_dict(checkpoint)
     remap = getattr(model, "remap_state_dict", None)
     if remap is not None:
         state = remap(state, model)
     own = model.state_dict()
+    name = getattr(model, "variant_name", type(model).__name__)
+    if drop_mismatched_classifier:
+        head = [k for k in state if k.startswith("head.fc.")]
+        if any(k not in own or state[k].shape != own[k].shape for k in head):
+            width = next((tuple(state[k].shape)[0] for k in head if k.endswith("weight")), "?")
+            _log.warning("%s: the checkpoint's classifier has %s classes, the model %s: classifier (head.fc) "
+                         "not loaded, left at its fresh initialisation", name, width,
+                         getattr(getattr(model, "config", None), "num_classes", "?"))
+            state = {k: v for k, v in state.items() if k not in head}
+            own = {k: v for k, v in own.items() if not k.startswith("head.fc.")}
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
-    name = getattr(model, "variant_name", type(model).__name__)
     if mismatched:
         hint = ""
         if any(k.startswith("head.fc.") or k.startswith("head.") for k in mismatched):
