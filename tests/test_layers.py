@@ -1,4 +1,4 @@
-"""Partitions (the seed 000 worked example), padding, and the attention kernel."""
+"""Partitions (a worked example on index maps), padding, and the attention kernel."""
 
 from __future__ import annotations
 
@@ -17,19 +17,19 @@ from visattn.layers.attend import key_padding_bias
 
 
 def _block_index_map(H: int = 64, W: int = 64, p: int = 8) -> torch.Tensor:
-    # Seed 000: every pixel of the k-th p x p tile (row-major, from 1) holds k.
+    # every pixel of the k-th p x p tile (row-major, from 1) holds k.
     tiles = torch.arange(1, (H // p) * (W // p) + 1).view(H // p, W // p)
     return tiles.repeat_interleave(p, 0).repeat_interleave(p, 1)[None, :, :, None]  # (1, H, W, 1)
 
 
 def _cell_position_map(H: int = 64, W: int = 64, g: int = 8) -> torch.Tensor:
-    # Seed 000: inside every (H/g) x (W/g) grid cell, pixels are numbered 1..(H/g)(W/g) row-major.
+    # inside every (H/g) x (W/g) grid cell, pixels are numbered 1..(H/g)(W/g) row-major.
     ch, cw = H // g, W // g
     cell = torch.arange(1, ch * cw + 1).view(ch, cw)
     return cell.repeat(g, g)[None, :, :, None]  # (1, H, W, 1)
 
 
-def test_seed_worked_example_window_partition() -> None:
+def test_worked_example_window_partition() -> None:
     x = _block_index_map()
     assert x[0, :9, :9, 0].tolist()[0] == [1] * 8 + [2]
     assert x[0, 8, 0, 0] == 9 and x[0, 8, 8, 0] == 10
@@ -39,7 +39,7 @@ def test_seed_worked_example_window_partition() -> None:
         assert (windows[idx, ..., 0] == value).all()
 
 
-def test_seed_worked_example_grid_partition() -> None:
+def test_worked_example_grid_partition() -> None:
     x = _cell_position_map()
     assert x[0, 0, :9, 0].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 1]
     windows = grid_partition(x, (8, 8))

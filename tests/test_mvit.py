@@ -222,7 +222,7 @@ def test_runtime_interpolation_equals_resized_checkpoint() -> None:
         torch.testing.assert_close(at_224(x), at_256(x))
 
 
-# --- training path (issue 9: bf16 training memory) -----------------------------------------------------------
+# --- training path (bf16 training memory) -----------------------------------------------------------------------
 
 def _pooling_with_cls() -> tuple[PoolingAttention, torch.Tensor, tuple[int, int]]:
     attn = PoolingAttention(16, 32, num_heads=2, stride_q=2, stride_kv=4, rel_pos_size=12).train()

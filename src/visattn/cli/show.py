@@ -1,6 +1,6 @@
 """``visattn show``: PNGs that explain the mechanisms.
 
-    visattn show partition --size 8 --partition-size 4 --out partition.png      # seed 000's picture, any size
+    visattn show partition --size 8 --partition-size 4 --out partition.png      # an 8 x 8 map, 2 x 2 groups
     visattn show partition --size 10x14 --partition-size 4 --query 3,5 --out p.png
     visattn show attention --checkpoint runs/digits --query 0.3,0.5 --out attention.png
     visattn show attention --checkpoint runs/photos --image cat.jpg --stage 1
