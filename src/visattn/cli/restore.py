@@ -31,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=int, help="sr: the factor (default: the checkpoint's)")
     p.add_argument("--sigma", type=float, help="denoise: the noise level (0-255) the model is meant for")
     p.add_argument("--degrade", "--add-noise", dest="degrade", action="store_true",
-                   help="first apply the task's degradation to the (clean) inputs with a fixed seed per image (denoise: "
-                        "Gaussian noise of --sigma; sr: bicubic downscaling) and save that input too")
+                   help="first apply the task's degradation to the (clean) inputs with a fixed seed per image "
+                        "(denoise: Gaussian noise of --sigma; sr: bicubic downscaling) and save that input too")
     p.add_argument("--out", "-o", help="output folder (default: beside each input)")
     p.add_argument("--suffix", help="output name suffix (default: the task's, _x<scale> or _denoised)")
     p.add_argument("--ext", default=".png", help="output format by extension (default .png)")

@@ -71,7 +71,8 @@ def quantize(x: Tensor) -> Tensor:
 
 
 def rgb_to_y(x: Tensor) -> Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) BT.601 luma in [16, 235] (MATLAB ``rgb2ycbcr``); 1 channel: x * 255."""
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) BT.601 luma in [16, 235] (MATLAB ``rgb2ycbcr``); 1 channel:
+    x * 255."""
     if x.shape[1] == 1:
         return x * 255
     w = torch.tensor([65.481, 128.553, 24.966], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -237,7 +237,8 @@ class RestorationTask(Task):
             out = tiled_forward(run, x, scale=self.scale, tile=self.eval_tile, overlap=16)
             out = out[..., :clean.shape[-2], :clean.shape[-1]]
             base = d.baseline(x, tuple(clean.shape[-2:]))
-            metrics = [f(a, clean, border=d.border, y_channel=y)[0] for a in (quantize(out), base) for f in (psnr, ssim)]
+            metrics = [f(a, clean, border=d.border, y_channel=y)[0]
+                       for a in (quantize(out), base) for f in (psnr, ssim)]
             sums += torch.tensor([float(F.l1_loss(out, clean)), *map(float, metrics), 1.0], dtype=torch.float64)
         model.train(was_training)
         sums = all_reduce_sum(sums, dist_info)
