@@ -1,12 +1,15 @@
-"""``visattn restore``: super-resolve or denoise image files with a trained restoration model, tile by tile.
+"""``visattn restore``: restore image files with a trained restoration model (super-resolution, denoising...), tile
+by tile.
 
     visattn restore --checkpoint runs/grl-sr IMAGE...                       # a visattn run: task and scale from it
     visattn restore --model grl_tiny --task sr --scale 4 --checkpoint sr_grl_tiny_c3x4.ckpt IMAGE...   # official
     visattn restore --model grl_tiny_denoise --task denoise --sigma 25 --checkpoint dn.ckpt --out restored/ IMAGE...
 
 Images of any size go through overlapping tiles (``--tile``, ``--tile-overlap``) blended with a cross-fade, so memory
-is bounded by the tile. Outputs are written beside the inputs (``<stem>_x4.png``, ``<stem>_denoised.png``) or into
-``--out``; existing files are never replaced without ``--overwrite``, and an input is never replaced at all.
+is bounded by the tile. Outputs are written beside the inputs (the task's suffix: ``<stem>_x4.png``,
+``<stem>_denoised.png``) or into ``--out``; existing files are never replaced without ``--overwrite``, and an input
+is never replaced at all. ``--degrade`` first applies the task's degradation to clean inputs (a fixed seed per image)
+and saves that input too (``<stem>_noisy.png``, ``<stem>_lr.png``): a demonstration on any photo.
 Grayscale inputs to an RGB model are restored as RGB and saved as grayscale; 16-bit grayscale PNGs stay 16-bit.
 """
 
@@ -18,19 +21,20 @@ from ._common import add_runtime_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("restore", help="super-resolve or denoise images with a restoration model (tiled)",
+    p = sub.add_parser("restore", help="restore images with a restoration model: super-resolve, denoise (tiled)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--checkpoint", "-c", required=True,
                    help="run folder, checkpoint folder, .safetensors, or official .ckpt/.pth weights (with --model)")
     p.add_argument("--model", "-m", help="architecture for weights without visattn metadata (e.g. grl_tiny)")
-    p.add_argument("--task", choices=["sr", "denoise"], help="what the model does (default: from the checkpoint)")
-    p.add_argument("--scale", type=int, help="sr factor (default: the checkpoint's)")
+    p.add_argument("--task", help="the restoration task the model does (sr, denoise...; default: the checkpoint's)")
+    p.add_argument("--scale", type=int, help="sr: the factor (default: the checkpoint's)")
     p.add_argument("--sigma", type=float, help="denoise: the noise level (0-255) the model is meant for")
-    p.add_argument("--add-noise", action="store_true",
-                   help="denoise: first add Gaussian noise of --sigma to the (clean) inputs, a fixed seed per image")
+    p.add_argument("--degrade", "--add-noise", dest="degrade", action="store_true",
+                   help="first apply the task's degradation to the (clean) inputs with a fixed seed per image "
+                        "(denoise: Gaussian noise of --sigma; sr: bicubic downscaling) and save that input too")
     p.add_argument("--out", "-o", help="output folder (default: beside each input)")
-    p.add_argument("--suffix", help="output name suffix (default _x<scale> or _denoised)")
+    p.add_argument("--suffix", help="output name suffix (default: the task's, _x<scale> or _denoised)")
     p.add_argument("--ext", default=".png", help="output format by extension (default .png)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--tile", type=int, default=256, help="input tile side in pixels, 0 for whole images (256)")
@@ -41,33 +45,76 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _model_and_task(args: argparse.Namespace) -> tuple[object, str, int, dict]:
-    from ..checkpoint import load_model, resolve_model_file
-    from ..registry import get_model_config
+# restore's own flags that set an option of the task (option name -> value given)
+def _options_given(args: argparse.Namespace) -> dict[str, object]:
+    return {k: v for k, v in (("scale", args.scale), ("sigma", args.sigma)) if v is not None}
 
+
+def _restoration_task(name: str) -> type:
+    from ..tasks import get_task
+    from ..tasks.restoration.task import RestorationTask, list_restoration_tasks
+
+    cls = get_task(name)
+    if not issubclass(cls, RestorationTask):
+        raise ValueError(f"--task {name} is not a restoration task; restoration tasks: "
+                         f"{', '.join(list_restoration_tasks())}")
+    return cls
+
+
+def _task_options(task_cls: type, saved: dict, given: dict) -> object:
+    import dataclasses
+
+    from ..tasks import options_from_dict
+
+    fields = {f.name for f in dataclasses.fields(task_cls.Options)}
+    for key in given:
+        if key not in fields:
+            raise ValueError(f"--{key} is not an option of --task {task_cls.name}")
+    return options_from_dict(task_cls.Options, {**{k: v for k, v in saved.items() if k in fields}, **given},
+                             what=f"options of task {task_cls.name!r}")
+
+
+def _model_and_degradation(args: argparse.Namespace) -> tuple[object, type, object]:
+    """The model, its task class and the degradation it undoes, from the checkpoint and the command line."""
+    import logging
+
+    from ..checkpoint import load_model, resolve_model_file
+    from ..registry import get_model_class, get_model_config
+    from ..tasks.restoration.task import scale_words
+    from .eval import _task_of_model
+
+    log = logging.getLogger("visattn")
+    given = _options_given(args)
     _, meta = resolve_model_file(args.checkpoint)
-    overrides = {}
     if meta is None:                                  # official or plain weights: the command line says what it is
         if not args.model:
             raise ValueError(f"{args.checkpoint} has no visattn metadata: pass --model (e.g. grl_tiny)")
-        config = get_model_config(args.model)
-        if not hasattr(config, "upscale"):
+        if getattr(get_model_class(args.model), "task", None) != "restoration":
             raise ValueError(f"{args.model} is not a restoration model")
-        if args.task == "denoise":
-            overrides["upscale"] = 1
-        elif args.scale:
-            overrides["upscale"] = args.scale
-    model, meta = load_model(args.checkpoint, model_name=args.model, overrides=overrides)
-    upscale = getattr(model.config, "upscale", None)
-    if upscale is None or getattr(type(model), "task", None) != "restoration":
+        model = None
+        if args.task is None:                          # the model's default configuration decides
+            model, _ = load_model(args.checkpoint, model_name=args.model)
+        task_cls = _restoration_task(args.task or _task_of_model(model))
+        upscale = getattr(get_model_config(args.model), "upscale", None)
+        degradation = _task_options(task_cls, task_cls.Options.implied({}, upscale), given).degradation()
+        if model is None or model.config.upscale != degradation.scale:
+            model, _ = load_model(args.checkpoint, model_name=args.model, overrides=degradation.model_overrides())
+        return model, task_cls, degradation
+    model, meta = load_model(args.checkpoint, model_name=args.model)
+    if getattr(type(model), "task", None) != "restoration" or not hasattr(model.config, "upscale"):
         raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a restoration model")
-    task = meta.get("task") or ("denoise" if upscale == 1 else "sr")
-    if args.task and args.task != task:
-        what = f"x{upscale}" if upscale > 1 else "denoising"
-        raise ValueError(f"the checkpoint is a {task} model ({what}), not {args.task}")
-    if task == "sr" and args.scale and args.scale != upscale:
-        raise ValueError(f"the checkpoint upscales x{upscale}; --scale {args.scale} needs a x{args.scale} model")
-    return model, task, upscale, meta
+    name = meta.get("task") or _task_of_model(model)
+    if args.task and args.task != name:
+        raise ValueError(f"the checkpoint is a {name} model (its model {scale_words(model.config.upscale)}), "
+                         f"not {args.task}")
+    task_cls = _restoration_task(name)
+    saved = meta.get("task_options") or task_cls.Options.implied(meta, model.config.upscale)
+    degradation = _task_options(task_cls, saved, given).degradation()
+    task_cls.check_scale(model.config.upscale, degradation)
+    for key, value in given.items():
+        if saved.get(key) is not None and saved[key] != value:
+            log.warning("the model was trained with %s %s; restoring with --%s %s", key, saved[key], key, value)
+    return model, task_cls, degradation
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,23 +124,21 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..tasks.restoration import read_image_float, rgb_to_y, tiled_forward, write_image
+    from ..tasks.image_io import read_image_float, write_image
+    from ..tasks.restoration.metrics import rgb_to_y
+    from ..tasks.restoration.tiling import count_tiles, tiled_forward
     from ._common import apply_runtime
 
     log = logging.getLogger("visattn")
     device = apply_runtime(args)
-    model, task, scale, meta = _model_and_task(args)
+    model, task_cls, degradation = _model_and_degradation(args)
     model.to(device)
     chans = model.config.in_chans
+    scale = degradation.scale
     min_size = getattr(type(model), "min_input_size", 1)
-    sigma = args.sigma if args.sigma is not None else meta.get("noise_sigma")
-    if task == "denoise" and args.sigma is not None and meta.get("noise_sigma") not in (None, args.sigma):
-        log.warning("the model was trained for sigma %g; restoring with --sigma %g", meta["noise_sigma"], args.sigma)
-    if args.add_noise and (task != "denoise" or sigma is None):
-        raise ValueError("--add-noise is for denoising and needs --sigma")
     if args.tile and args.tile < min_size:
         raise ValueError(f"--tile {args.tile} is smaller than the model's minimum input {min_size}")
-    suffix = args.suffix or (f"_x{scale}" if task == "sr" else "_denoised")
+    suffix = args.suffix or degradation.output_suffix
     ext = args.ext if args.ext.startswith(".") else "." + args.ext
     show = sys.stderr.isatty() if args.progress is None else args.progress
     out_dir = Path(args.out) if args.out else None
@@ -102,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
     for index, name in enumerate(args.images):
         src = Path(name)
         dst = (out_dir or src.parent) / f"{src.stem}{suffix}{ext}"
-        noisy = dst.with_name(f"{src.stem}_noisy{ext}") if args.add_noise else None
+        degraded = dst.with_name(f"{src.stem}{degradation.input_suffix}{ext}") if args.degrade else None
         try:
-            for target in filter(None, (dst, noisy)):
+            for target in filter(None, (dst, degraded)):
                 if target.resolve() == src.resolve() or target in planned:
                     raise ValueError(f"output {target} would replace an input or another output; use --suffix or "
                                      "--out")
@@ -120,19 +165,20 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("is an RGB image but the model restores grayscale (1-channel) images; convert it "
                                  "to grayscale or use an RGB model")
             x = x.expand(chans, -1, -1) if x.shape[0] == 1 and chans == 3 else x
+            x = x[None]                                                 # (1, C, H, W)
+            if args.degrade:
+                x = degradation(x, torch.Generator().manual_seed(index))
             H, W = x.shape[-2:]
             if min(H, W) < min_size:
-                raise ValueError(f"is {H}x{W} pixels; {type(model).__name__} needs at least {min_size}x{min_size}")
-            x = x[None]
-            if args.add_noise:
-                g = torch.Generator().manual_seed(index)
-                x = x + torch.randn(x.shape, generator=g) * (sigma / 255)
+                raise ValueError(f"is {H}x{W} pixels{' once degraded' if args.degrade else ''}; "
+                                 f"{type(model).__name__} needs at least {min_size}x{min_size}")
             bar = None
             if show:
                 try:
                     from tqdm import tqdm
 
-                    bar = tqdm(desc=src.name, unit="tile", leave=False, file=sys.stderr)
+                    bar = tqdm(total=count_tiles(H, W, tile=args.tile, overlap=args.tile_overlap), desc=src.name,
+                               unit="tile", leave=False, file=sys.stderr)
                 except ImportError:
                     bar = None
 
@@ -149,9 +195,9 @@ def run(args: argparse.Namespace) -> int:
                 out = (rgb_to_y(out[None])[0] - 16) / 219
             write_image(dst, out, bits=info["bits"])
             planned.add(dst)
-            if noisy is not None:
-                write_image(noisy, x[0].clamp(0, 1), bits=info["bits"])
-                planned.add(noisy)
+            if degraded is not None:
+                write_image(degraded, x[0].clamp(0, 1), bits=info["bits"])
+                planned.add(degraded)
             print(f"{src} ({W}x{H}) -> {dst} ({out.shape[-1]}x{out.shape[-2]})")
             done += 1
         except ValueError as err:

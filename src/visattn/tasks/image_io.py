@@ -44,8 +44,12 @@ from torch import Tensor
 
 from .base import DataError
 
-__all__ = ["decode_image", "read_image", "read_image_float", "read_gray", "read_gray_levels", "write_image",
+__all__ = [
+    "IMAGE_EXTENSIONS","decode_image", "read_image", "read_image_float", "read_gray", "read_gray_levels", "write_image",
            "png_header"]
+
+# Every file extension the image datasets (classification folders, restoration folders) accept: what Pillow reads.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 log = logging.getLogger(__name__)
 

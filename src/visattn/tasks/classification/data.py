@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..base import DataError
-from ..image_io import read_image
+from ..image_io import IMAGE_EXTENSIONS, read_image
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -40,7 +40,6 @@ __all__ = [
 
 log = logging.getLogger("visattn")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

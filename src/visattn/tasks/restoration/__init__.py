@@ -1,0 +1,75 @@
+"""Image restoration as degradations: super-resolution (``--task sr``) and denoising (``--task denoise``).
+
+Every restoration task is one :class:`~visattn.tasks.restoration.task.RestorationTask` holding one
+:class:`~visattn.tasks.restoration.degradations.Degradation` - what turns a clean image into the model input, the
+classical baseline to beat, the metric colour space and border crop, the model's upscale factor. Training, evaluation,
+``visattn eval`` and ``visattn restore`` ask the degradation and never the task's name. A new task (JPEG artefacts,
+mosaic, blur) is therefore one small ``Degradation`` subclass in ``degradations.py`` and, here, an options dataclass
+whose ``degradation()`` builds it plus one ``register_task`` call (with a two-line ``RestorationTask`` subclass in
+``task.py``: the registry records the name and options on the class).
+
+Files: ``degradations.py`` (the degradations), ``task.py`` (the task), ``data.py`` (photos, folders, benchmark
+folders, crops), ``metrics.py`` (MATLAB bicubic, PSNR, SSIM), ``tiling.py`` (tiled inference), ``io.py`` (image
+files). This module imports the standard library only (the command line builds its flags from it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import register_task
+
+if TYPE_CHECKING:
+    from .degradations import Degradation
+
+__all__ = ["DenoiseOptions", "SROptions"]
+
+_VAL_DATA_HELP = ("restoration: evaluation benchmark folder (Set5 layout: HR/ and optionally the given inputs, "
+                  "e.g. LR_bicubic/X4/)")
+
+
+@dataclass(frozen=True)
+class SROptions:
+    """Super-resolution settings."""
+
+    scale: int = field(default=4, metadata={"help": "super-resolution factor (default 4)"})
+    val_data: str | None = field(default=None, metadata={"help": _VAL_DATA_HELP})
+
+    def degradation(self) -> Degradation:
+        """MATLAB bicubic downscaling by ``scale`` (8-bit rounded)."""
+        from .degradations import BicubicDownscale
+
+        return BicubicDownscale(self.scale)
+
+    @staticmethod
+    def implied(meta: dict[str, Any], upscale: int | None) -> dict[str, Any]:
+        """Options of a checkpoint that records none (older ``model.json`` or plain weights): its scale."""
+        scale = meta.get("scale") or upscale
+        return {"scale": int(scale)} if scale else {}
+
+
+@dataclass(frozen=True)
+class DenoiseOptions:
+    """Denoising settings."""
+
+    sigma: float = field(default=25.0, metadata={"flag": "--sigma",
+                                                 "help": "Gaussian noise level on the 0-255 scale (default 25)"})
+    val_data: str | None = field(default=None, metadata={"help": _VAL_DATA_HELP})
+
+    def degradation(self) -> Degradation:
+        """Additive Gaussian noise of ``sigma / 255``."""
+        from .degradations import GaussianNoise
+
+        return GaussianNoise(self.sigma)
+
+    @staticmethod
+    def implied(meta: dict[str, Any], upscale: int | None) -> dict[str, Any]:
+        """Options of a checkpoint that records none (older ``model.json``): its noise level."""
+        return {"sigma": float(meta["noise_sigma"])} if meta.get("noise_sigma") is not None else {}
+
+
+register_task("sr", "visattn.tasks.restoration.task:SuperResolutionTask", options=SROptions,
+              help="super-resolution: bicubic-downscaled photos back to full size (GRL)")
+register_task("denoise", "visattn.tasks.restoration.task:DenoisingTask", options=DenoiseOptions,
+              help="denoising of additive Gaussian noise (GRL)")
