@@ -44,9 +44,8 @@ from torch import Tensor
 
 from .base import DataError
 
-__all__ = [
-    "IMAGE_EXTENSIONS","decode_image", "read_image", "read_image_float", "read_gray", "read_gray_levels", "write_image",
-           "png_header"]
+__all__ = ["IMAGE_EXTENSIONS", "decode_image", "png_header", "read_gray", "read_gray_levels", "read_image",
+           "read_image_float", "write_image"]
 
 # Every file extension the image datasets (classification folders, restoration folders) accept: what Pillow reads.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
