@@ -45,7 +45,7 @@ Choices the paper leaves open (each one is a config field or noted where it is m
 - Prototype segmentation (ADNet, Hansen et al. 2022, which the official code builds on): a single foreground
   prototype; logit = 20 * cos(F_q, p) - t, with the threshold t regressed by a linear layer from the mean query
   feature, per CMAT module and for the baseline.
-- Supervision: every one of the N + 1 predictions, averaged (the task computes it, ``tasks/fewshot.py``).
+- Supervision: every one of the N + 1 predictions, averaged (the task computes it, ``tasks/fewshot/metrics.py``).
 - ``prototype_only=True`` is the baseline without MIFE fusion and attention: the same backbone and mid-level
   features, MAP + cosine (one logit map). ``num_iters`` defaults to 4, the trade-off the paper's Table 3 reports.
 

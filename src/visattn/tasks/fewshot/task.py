@@ -144,7 +144,8 @@ class FewShotTask(Task):
         what = "self-supervised pseudo-episodes" if o.self_supervised else \
             f"episodes of {', '.join(d.train_classes)}"
         return (f"{o.episodes_per_epoch} {o.shots}-shot {what} per epoch on {len(d.train)} volumes; held out "
-                f"{', '.join(d.test_classes)} on {len(self.val_set)} volumes; {self.img_size}px slices")
+                f"{', '.join(d.test_classes)} on 1 support + {len(self.val_set) - 1} query volumes; "
+                f"{self.img_size}px slices")
 
     def collate(self, items: list[int]) -> Tensor:
         return torch.tensor(items)
