@@ -1,25 +1,24 @@
-"""The few-shot task: episodes, loss, Dice, the SSL-ALPNet evaluation protocol, training, predict and bad input."""
+"""The few-shot task: episodes, loss, Dice, the SSL-ALPNet evaluation protocol, training through the shared loop
+(in process and with the command line: train, eval, predict, exact resume), predict and bad input."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from visattn.tasks.base import DataError
-from visattn.tasks.fewshot import (
-    FewShotConfig,
-    FewShotData,
-    Volume,
-    _chunk_supports,
-    dice_score,
-    evaluate_fewshot,
-    iteration_losses,
-    sample_episodes,
-    train_fewshot,
-)
+from visattn.tasks.fewshot import FewShotOptions
+from visattn.tasks.fewshot.data import FewShotData, Volume, load_fewshot_data
+from visattn.tasks.fewshot.episodes import sample_episodes, sample_pseudo_episodes
+from visattn.tasks.fewshot.metrics import _chunk_supports, dice_score, evaluate_fewshot, iteration_losses
 
 TINY = {"depths": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "stem_width": 8, "dim": 32, "num_heads": 4,
         "num_iters": 2, "mlp_ratio": 2.0}
@@ -66,8 +65,6 @@ def test_episodes_are_one_way_k_shot_from_two_volumes() -> None:
 
 
 def test_self_supervised_episodes_from_supervoxels() -> None:
-    from visattn.tasks.fewshot import sample_pseudo_episodes
-
     vols = [_synthetic_volume(i) for i in range(2)]
     with pytest.raises(DataError, match="supervoxel"):
         sample_pseudo_episodes(vols, 2, 1, torch.Generator().manual_seed(0))
@@ -154,19 +151,180 @@ def test_volume_without_the_class() -> None:
         evaluate_fewshot(_Recorder(), [_synthetic_volume(0), *vols[1:]], {"ring": 3}, ["ring"])
 
 
-def test_tiny_episodic_training_loss_decreases(tmp_path) -> None:
-    cfg = FewShotConfig(model="catnet_r50", model_overrides=TINY, steps=24, batch_size=2, lr=3e-3, warmup_steps=3,
-                        log_every=4, out=str(tmp_path / "run"), threads=1, n_part=2)
-    summary = train_fewshot(cfg, data=_data())
+# --- training through the shared loop -----------------------------------------------------------------------------
+
+TINY_FLAGS = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+
+
+def _write_nifti_dir(root: Path, n: int = 6) -> Path:
+    """``n`` synthetic volumes as a NIfTI directory (fold 0: volumes 0-1 test, the others train)."""
+    nib = pytest.importorskip("nibabel")
+    import numpy as np
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        vol = _synthetic_volume(i)
+        # nibabel order (x, y, z): slices on the last axis
+        nib.save(nib.Nifti1Image(vol.image.permute(1, 2, 0).numpy(), np.eye(4)), str(root / f"image_{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(vol.label.permute(1, 2, 0).numpy(), np.eye(4)), str(root / f"label_{i}.nii.gz"))
+    (root / "classes.json").write_text(json.dumps({"1": "disc", "2": "square", "3": "ring"}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def volumes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_nifti_dir(tmp_path_factory.mktemp("fewshot") / "volumes")
+
+
+def _visattn(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m visattn.cli ARGS` in a fresh process (the console script's code path)."""
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [src, os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "visattn.cli", *args], check=False, capture_output=True, text=True,
+                          env=full_env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"visattn {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_tiny_episodic_training_loss_decreases(tmp_path, volumes_dir) -> None:
+    from visattn.tasks.fewshot.task import FewShotTask
+    from visattn.train import TrainConfig, train
+
+    settings = {"data": str(volumes_dir), "img_size": 40, "epochs": 1, "batch_size": 2, "lr": 3e-3,
+                "warmup_epochs": 0.125, "log_every": 4, "eval_batch_size": 8, "threads": 1, "progress": False}
+    cfg = TrainConfig(**{**FewShotTask.defaults, **settings}, task="fewshot", model_overrides=TINY,
+                      out=str(tmp_path / "run"), task_options={"episodes_per_epoch": 48, "n_part": 2})
+    row = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "step"]
     assert len(losses) == 6 and losses[-1] < 0.7 * losses[0], losses
-    per_iteration = [r["losses"] for r in rows if r["kind"] == "step"]
-    assert all(len(v) == 3 for v in per_iteration)                     # M_0 + 2 CMAT modules, each supervised
-    assert 0.0 <= summary["dice_ring"] <= 1.0
+    # every prediction is supervised: M_0's and the last CMAT module's losses are reported per epoch
+    assert row["train_loss_first"] > 0 and row["train_loss_last"] > 0 and 0 <= row["train_dice"] <= 1
+    assert 0.0 <= row["val_dice_ring"] <= 1.0 and row["val_mean_dice"] == row["val_dice_ring"]
+    assert row["val_count"] == 1                                       # fold 0: volume 0 supports, volume 1 queries
     assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "model.json").is_file()
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert meta["task"] == "fewshot" and meta["test_classes"] == ["ring"]
+    assert meta["task"] == "fewshot" and meta["test_classes"] == ["ring"] and meta["img_size"] == 40
+    assert meta["task_options"]["episodes_per_epoch"] == 48
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 24 and summary["best"]["metric"] == "val_mean_dice"
+
+
+def test_episodes_are_the_global_batch_sliced(volumes_dir) -> None:
+    """Two processes' slices of a step's episodes are exactly one process's batch."""
+    from visattn.tasks.fewshot.task import FewShotTask
+
+    task = FewShotTask(load_fewshot_data(str(volumes_dir), img_size=40), FewShotOptions(shots=2, n_part=2))
+    batch = task.collate([0, 1, 2, 3])
+    (q, s, sm), qm = task.augment(batch, torch.Generator().manual_seed(7), 4, 0)
+    assert q.shape == (4, 3, 40, 40) and s.shape == (4, 2, 3, 40, 40) and sm.shape == (4, 2, 40, 40)
+    halves = [task.augment(batch[k:k + 2], torch.Generator().manual_seed(7), 4, k) for k in (0, 2)]
+    torch.testing.assert_close(torch.cat([h[0][1] for h in halves]), s)
+    torch.testing.assert_close(torch.cat([h[1] for h in halves]), qm)
+
+
+CLI_RUN = ["--task", "fewshot", *TINY_FLAGS, "--img-size", "40", "--epochs", "2", "--episodes-per-epoch", "8",
+           "--batch-size", "2", "--n-part", "2", "--deterministic", "--threads", "1", "--log-every", "1",
+           "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(volumes_dir: Path) -> Path:
+    """`visattn train --task fewshot` for 2 epochs of 4 steps on the synthetic volumes."""
+    run = volumes_dir.parent / "cli_run"
+    proc = _visattn("train", *CLI_RUN, "--data", str(volumes_dir), "--out", str(run))
+    assert "held-out Dice ring" in proc.stdout and "epoch 2/2" in proc.stdout
+    return run
+
+
+def test_cli_train_eval_predict(cli_run: Path, tmp_path: Path) -> None:
+    summary = json.loads((cli_run / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["model"] == "catnet_r50"
+    assert (cli_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # visattn eval: the protocol on the recorded data reproduces the run's final held-out Dice
+    proc = _visattn("eval", "--checkpoint", str(cli_run), "--batch-size", "16", "--out", str(tmp_path))
+    assert proc.stdout.startswith("Dice: ring ") and "2 chunks" in proc.stdout
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["task"] == "fewshot" and report["val_mean_dice"] == summary["val_mean_dice"]
+    # visattn predict on image files
+    f = _images(tmp_path)
+    out = tmp_path / "pred"
+    proc = _visattn("predict", "--task", "fewshot", "--checkpoint", str(cli_run), "--support", f["image"], f["mask"],
+                    "--query", f["query"], "--out", str(out))
+    assert "foreground" in proc.stdout and (out / "q_mask.png").is_file() and (out / "q_overlay.png").is_file()
+
+
+def test_cli_resume_is_exact(cli_run: Path, volumes_dir: Path, tmp_path: Path) -> None:
+    """Killed while writing the last checkpoint, a run resumes after epoch 1 and ends with the uninterrupted run's
+    weights and optimizer state, bit for bit."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "killed"
+    proc = _visattn("train", *CLI_RUN, "--data", str(volumes_dir), "--out", str(run),
+                    env={"VISATTN_FAULT_KILL_IN_SAVE": "step00000008"}, check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert (run / "checkpoints" / "latest").read_text() == "step00000004"
+    proc = _visattn("train", "--resume", str(run))
+    assert "from step 4" in proc.stdout
+    for name in ("model.safetensors", "checkpoints/step00000008/train_state.safetensors"):
+        a, b = load_file(run / name), load_file(cli_run / name)
+        assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == [], name
+
+
+def test_cli_train_errors(volumes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from visattn.cli import main
+
+    base = ["train", *CLI_RUN, "--data", str(volumes_dir)]
+    for extra, message in ((["--test-classes", "liver"], "unknown class 'liver'"),
+                           (["--support-volume", "5"], "--support-volume 5 is out of range"),
+                           (["--train-classes", "disc,ring"], "both trained and held out"),
+                           (["--query", "q.png"], "inputs of `visattn predict"),
+                           (["--shots", "0"], "--shots must be at least 1")):
+        assert main([*base, *extra, "--out", str(tmp_path / "x")]) == 1
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "x").exists()
+
+
+def test_prepare_model_loads_backbone_weights(tmp_path: Path) -> None:
+    import visattn
+    from visattn.tasks.fewshot.task import FewShotTask
+
+    torch.manual_seed(1)
+    source = visattn.create_model("catnet_r50", **TINY)
+    torch.save(source.backbone.state_dict(), tmp_path / "resnet.pth")
+    task = FewShotTask(_data(), FewShotOptions(backbone_weights=str(tmp_path / "resnet.pth"), n_part=2))
+    torch.manual_seed(2)
+    model = visattn.create_model("catnet_r50", **TINY)
+    episode = (torch.zeros(1, 3, 40, 40), torch.zeros(1, 1, 3, 40, 40), torch.ones(1, 1, 40, 40))
+    with pytest.raises(RuntimeError, match="prepare_model"):          # never trains silently without the weights
+        task.forward(model, episode)
+    task.prepare_model(model)
+    for k, v in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[k], v), k
+    assert task.forward(model, episode).shape == (1, 3, 40, 40)
+
+
+@pytest.mark.xfail(strict=True, reason="the shared loop does not call Task.prepare_model yet")
+def test_training_loop_calls_prepare_model(tmp_path: Path, volumes_dir: Path, monkeypatch) -> None:
+    from visattn.tasks.fewshot.task import FewShotTask
+    from visattn.train import TrainConfig, train
+
+    import visattn
+
+    weights = tmp_path / "resnet.pth"
+    torch.save(visattn.create_model("catnet_r50", **TINY).backbone.state_dict(), weights)
+    calls = []
+    real = FewShotTask.prepare_model
+    monkeypatch.setattr(FewShotTask, "prepare_model", lambda self, model: calls.append(real(self, model)))
+    settings = {"data": str(volumes_dir), "img_size": 40, "epochs": 1, "batch_size": 2, "threads": 1,
+                "progress": False}
+    cfg = TrainConfig(**{**FewShotTask.defaults, **settings}, task="fewshot", model_overrides=TINY,
+                      out=str(tmp_path / "run"), task_options={"episodes_per_epoch": 2, "n_part": 2,
+                                                               "backbone_weights": str(weights)})
+    train(cfg)
+    assert len(calls) == 1
 
 
 # --- predict on files, and bad input ----------------------------------------------------------------------------------
@@ -235,8 +393,6 @@ def test_nifti_directory_errors(tmp_path) -> None:
     nib = pytest.importorskip("nibabel")
     import numpy as np
 
-    from visattn.tasks.fewshot import load_fewshot_data
-
     with pytest.raises(DataError, match="no image_"):
         load_fewshot_data(str(tmp_path))
     eye = np.eye(4)
@@ -251,8 +407,6 @@ def test_nifti_directory_errors(tmp_path) -> None:
 def test_nifti_directory_reads_volumes(tmp_path) -> None:
     nib = pytest.importorskip("nibabel")
     import numpy as np
-
-    from visattn.tasks.fewshot import load_fewshot_data
 
     for i in range(5):
         vol = _synthetic_volume(i, depth=6, size=16)
@@ -271,8 +425,6 @@ def test_nifti_directory_reads_volumes(tmp_path) -> None:
 @pytest.mark.slow
 def test_builtin_mni152_loads_offline() -> None:
     pytest.importorskip("nibabel")
-    from visattn.tasks.fewshot import load_fewshot_data
-
     data = load_fewshot_data("mni152")
     assert len(data.train) == 4 and len(data.test) == 4
     assert data.test_classes == ["deep_grey_matter"] and "deep_grey_matter" not in data.train_classes

@@ -45,7 +45,7 @@ Choices the paper leaves open (each one is a config field or noted where it is m
 - Prototype segmentation (ADNet, Hansen et al. 2022, which the official code builds on): a single foreground
   prototype; logit = 20 * cos(F_q, p) - t, with the threshold t regressed by a linear layer from the mean query
   feature, per CMAT module and for the baseline.
-- Supervision: every one of the N + 1 predictions, averaged (the task computes it, ``tasks/fewshot.py``).
+- Supervision: every one of the N + 1 predictions, averaged (the task computes it, ``tasks/fewshot/metrics.py``).
 - ``prototype_only=True`` is the baseline without MIFE fusion and attention: the same backbone and mid-level
   features, MAP + cosine (one logit map). ``num_iters`` defaults to 4, the trade-off the paper's Table 3 reports.
 
@@ -272,6 +272,14 @@ class CATNet(nn.Module):
 
     # --- inputs ---------------------------------------------------------------------------------------------------
 
+    def example_inputs(self, batch: int, size: int, shots: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        """Valid inputs ``model(*inputs)`` of ``batch`` queries of ``size`` x ``size``: zeros for the images, a
+        support mask whose top-left quarter is foreground (never empty)."""
+        c = self.config.in_chans
+        mask = torch.zeros(batch, shots, size, size)
+        mask[..., : max(1, size // 2), : max(1, size // 2)] = 1
+        return torch.zeros(batch, c, size, size), torch.zeros(batch, shots, c, size, size), mask
+
     def _check_inputs(self, x: Tensor, support: Tensor | None, support_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """Validate and return support (B, K, C, Hs, Ws) and its float mask (B, K, Hs, Ws)."""
         c = self.config
@@ -333,7 +341,7 @@ class CATNet(nn.Module):
             f4 = F.interpolate(f4, size=size, mode="bilinear", align_corners=False)
         return self.reduce(torch.cat([f2, f3], dim=1)), f4
 
-    def forward(self, x: Tensor, *, support: Tensor | None = None, support_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, support: Tensor | None = None, support_mask: Tensor | None = None) -> Tensor:
         """Segment the query ``x`` given K support images and their foreground masks.
 
         Args:
