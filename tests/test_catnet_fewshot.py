@@ -306,7 +306,6 @@ def test_prepare_model_loads_backbone_weights(tmp_path: Path) -> None:
     assert task.forward(model, episode).shape == (1, 3, 40, 40)
 
 
-@pytest.mark.xfail(strict=True, reason="the shared loop does not call Task.prepare_model yet")
 def test_training_loop_calls_prepare_model(tmp_path: Path, volumes_dir: Path, monkeypatch) -> None:
     from visattn.tasks.fewshot.task import FewShotTask
     from visattn.train import TrainConfig, train

@@ -13,7 +13,7 @@ Image = pytest.importorskip("PIL.Image")
 
 from visattn.tasks.base import DataError  # noqa: E402
 from visattn.tasks.classification.data import read_image as classification_read_image  # noqa: E402
-from visattn.tasks.fewshot import read_mask  # noqa: E402
+from visattn.tasks.fewshot.predict import read_mask  # noqa: E402
 from visattn.tasks.image_io import (  # noqa: E402
     decode_image,
     read_gray,
@@ -22,8 +22,9 @@ from visattn.tasks.image_io import (  # noqa: E402
     read_image_float,
     write_image,
 )
-from visattn.tasks.restoration import read_image_float as restoration_read_image_float  # noqa: E402
-from visattn.tasks.restoration import write_image as restoration_write_image  # noqa: E402
+from visattn.tasks.restoration.data import read_image_float as restoration_read_image_float  # noqa: E402
+
+restoration_write_image = write_image                                  # what visattn restore writes with
 
 
 def _save(tmp_path, im, name: str):

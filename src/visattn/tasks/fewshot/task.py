@@ -163,10 +163,8 @@ class FewShotTask(Task):
 
     def forward(self, model: nn.Module, inputs: Inputs) -> Tensor:
         if self.options.backbone_weights and not self._backbone_loaded:
-            from ...train import TrainError
-
-            raise TrainError("--backbone-weights was not loaded: this training loop does not call "
-                             "Task.prepare_model")
+            raise RuntimeError("--backbone-weights was not loaded: the training loop did not call "
+                               "Task.prepare_model")
         query, support, support_mask = inputs
         return model(query, support=support, support_mask=support_mask)
 
