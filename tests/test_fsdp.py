@@ -92,6 +92,7 @@ def test_fsdp_forward_backward_every_family() -> None:
     assert proc.stdout.count(" ok") == len(_families())
 
 
+@pytest.mark.slow  # 2-process torchrun runs: ~2 min together on 2 shared cores
 def test_fsdp_two_processes_match_one(tiny_run: Path, fsdp_run: Path) -> None:  # noqa: F811
     rows_one = [json.loads(r) for r in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     rows_two = [json.loads(r) for r in (fsdp_run / "metrics.jsonl").read_text().splitlines()]
@@ -113,6 +114,7 @@ def test_fsdp_two_processes_match_one(tiny_run: Path, fsdp_run: Path) -> None:  
         resolve_model_file(latest)
 
 
+@pytest.mark.slow  # 2-process torchrun runs: ~2 min together on 2 shared cores
 def test_fsdp_resume_after_sigkill_is_exact(fsdp_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     # The main process is killed while step 4's checkpoint is being assembled: `latest` keeps naming step 3 (the
@@ -133,6 +135,7 @@ def test_fsdp_resume_after_sigkill_is_exact(fsdp_run: Path, tmp_path: Path) -> N
     assert [r.get("loss", r.get("val_loss")) for r in rows] == [r.get("loss", r.get("val_loss")) for r in rows_ref]
 
 
+@pytest.mark.slow  # 2-process torchrun runs: ~2 min together on 2 shared cores
 def test_fsdp_final_model_evaluates(fsdp_run: Path, tmp_path: Path) -> None:
     model, meta = load_model(fsdp_run)
     assert meta["model"] == "maxvit_tiny" and meta["ema"] is True and meta["step"] == 6
@@ -142,3 +145,15 @@ def test_fsdp_final_model_evaluates(fsdp_run: Path, tmp_path: Path) -> None:
     # the exported model is the EMA: `visattn eval` reproduces the run's last EMA validation loss
     assert report["val_count"] == 24
     assert report["val_loss"] == pytest.approx(last["ema_val_loss"], abs=1e-6)
+
+
+def test_fsdp_without_torchrun_is_a_group_of_one(tmp_path: Path) -> None:
+    from .test_cli_train import TINY_MODEL, visattn as visattn_cli
+
+    run = tmp_path / "one"
+    visattn_cli("train", *TINY_MODEL, "--train-limit", "32", "--val-limit", "8", "--batch-size", "16", "--epochs", "1",
+                "--threads", "1", "--fsdp", "--amp", "bf16", "--out", str(run))
+    latest = run / "checkpoints" / "step00000002"
+    assert sorted(p.name for p in (latest / "sharded").iterdir()) == [".metadata", "__0_0.distcp"]
+    model, meta = load_model(run)
+    assert meta["step"] == 2 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

@@ -220,7 +220,8 @@ def load_sharded_state(checkpoint: Checkpoint, *, model: nn.Module, optimizer: t
                        ema: nn.Module | None) -> None:
     """Load a sharded checkpoint into an FSDP ``model``, its ``optimizer`` and its ``ema`` copy, in place.
 
-    The number of processes may differ from the run that wrote it (torch.distributed.checkpoint reshards).
+    Resume with as many processes as wrote it: torch.distributed.checkpoint can reshard, but the RNG states and the
+    data slicing are per process (and another count is not tested).
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict

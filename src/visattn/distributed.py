@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -180,7 +179,7 @@ def shard_units(model: nn.Module, levels: int = 2) -> list[tuple[str, nn.Module]
     return [(name, module) for name, module, _ in units]
 
 
-def shard_model(model: nn.Module, device_type: str, *, param_dtype: torch.dtype | None = None) -> list[str]:
+def shard_model(model: nn.Module, device_type: str) -> list[str]:
     """Shard ``model`` in place with FSDP2 over all processes: every unit of :func:`shard_units`, then the root.
 
     The main process's weights and buffers are first broadcast to all (as DDP does), then the parameters become
@@ -190,14 +189,16 @@ def shard_model(model: nn.Module, device_type: str, *, param_dtype: torch.dtype 
 
     Args:
         device_type: ``cpu`` (gloo) or ``cuda`` (nccl); the process group must exist (:func:`init_distributed`).
-        param_dtype: all-gather and compute in this dtype (e.g. bfloat16) while the sharded master weights,
-            optimizer and gradient reduction stay float32; None keeps float32 throughout.
+
+    Mixed precision is left to autocast, as under DDP: parameters are all-gathered and gradients reduced in
+    float32. (FSDP's ``MixedPrecisionPolicy(param_dtype=bfloat16)`` would cast BatchNorm weights to bfloat16
+    against float32 running statistics, which ``batch_norm`` rejects.)
 
     Returns:
         the names of the units sharded before the root.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
     if not dist.is_initialized():
         raise ValueError("shard_model needs a process group: call init_distributed(..., group_of_one=True) first")
@@ -205,12 +206,10 @@ def shard_model(model: nn.Module, device_type: str, *, param_dtype: torch.dtype 
         for tensor in (*model.parameters(), *model.buffers()):       # weights, as DDP does on construction
             dist.broadcast(tensor, src=0)
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
-    kwargs: dict[str, Any] = {"mesh": mesh, "mp_policy": policy}
     units = shard_units(model)
     for _, unit in units:
-        fully_shard(unit, **kwargs)
-    fully_shard(model, **kwargs)
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return [name for name, _ in units]
 
 

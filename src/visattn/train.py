@@ -341,7 +341,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if cfg.fsdp:                                                       # the EMA copy is sharded like the model
         for module in (model, *([ema.module] if ema is not None else [])):
-            shard_model(module, device.type, param_dtype=amp_dtype)
+            shard_model(module, device.type)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
 
