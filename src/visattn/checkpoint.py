@@ -11,10 +11,18 @@ A training run folder looks like::
           model.json                       model name + config, classes, input size, normalisation
           train_state.safetensors          optimizer moments, EMA weights, RNG states
           train_state.json                 step, epoch, schedule, run settings, running sums
+        step00000240/                      a sharded checkpoint (``--fsdp``): no model.safetensors, instead
+          sharded/                         model, optimizer (and EMA) shards written by torch.distributed.checkpoint:
+            .metadata, __<rank>_0.distcp   the global layout, and one file of shards per process
+          model.json, train_state.json     as above
+          train_state.safetensors          RNG states of every process
 
 Every file is written to a temporary name, fsynced and renamed; a checkpoint directory is assembled under a
 temporary name and renamed into place before ``latest`` is switched to it. A process killed at any instant leaves
-``latest`` naming a complete checkpoint. Nothing is unpickled: tensors come from safetensors, the rest from JSON.
+``latest`` naming a complete checkpoint. Nothing is unpickled: tensors come from safetensors, the rest from JSON
+(a sharded checkpoint's ``.metadata`` is torch.distributed.checkpoint's own pickle, read only when resuming a run).
+A sharded checkpoint is written by every process into the same temporary folder (multi-node runs need the run folder
+on a shared file system), then renamed by the main process.
 """
 
 from __future__ import annotations
@@ -39,16 +47,19 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "load_model",
+    "load_sharded_state",
     "optimizer_state_from_flat",
     "optimizer_state_to_flat",
     "resolve_model_file",
     "save_checkpoint",
     "save_safetensors_atomic",
+    "save_sharded_checkpoint",
     "write_json_atomic",
 ]
 
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
 STATE_FILE, STATE_META = "train_state.safetensors", "train_state.json"
+SHARDED_DIR = "sharded"
 LATEST = "latest"
 FORMAT = "visattn-model/1"
 
@@ -108,42 +119,36 @@ def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, Tensor],
 @dataclass
 class Checkpoint:
     path: Path
-    model_state: dict[str, Tensor]
+    model_state: dict[str, Tensor]       # {} for a sharded checkpoint (see ``sharded``)
     model_meta: dict[str, Any]
     train_tensors: dict[str, Tensor]
     train_meta: dict[str, Any]
+
+    @property
+    def sharded(self) -> bool:
+        """Written by an FSDP run: model and optimizer live in ``path / "sharded"`` (:func:`load_sharded_state`)."""
+        return (self.path / SHARDED_DIR).is_dir()
 
 
 def checkpoint_root(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir: str | os.PathLike, name: str, *, model_state: dict[str, Tensor],
-                    model_meta: dict[str, Any], train_tensors: dict[str, Tensor], train_meta: dict[str, Any],
-                    keep: int = 2, protect: str | None = None) -> Path:
-    """Write checkpoint ``name`` under ``run_dir/checkpoints`` atomically, point ``latest`` at it, prune old ones.
-
-    Args:
-        keep: how many complete checkpoints to keep (the newest ones).
-        protect: a checkpoint never pruned (the training loop's last validated one, its fallback on divergence).
-    """
+def _start_checkpoint(run_dir: str | os.PathLike, tmp_name: str) -> Path:
+    """Create the temporary folder a checkpoint is assembled in (after removing ones left by killed runs)."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):  # left by a process killed while saving
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = root / f".tmp-{name}-{os.getpid()}"
+    tmp = root / tmp_name
     tmp.mkdir()
-    try:
-        save_safetensors_atomic(tmp / MODEL_FILE, model_state)
-        write_json_atomic(tmp / MODEL_META, model_meta)
-        save_safetensors_atomic(tmp / STATE_FILE, train_tensors)
-        write_json_atomic(tmp / STATE_META, train_meta)
-    except BaseException as err:  # disk full or interrupted: the partial folder goes, the latest checkpoint stays
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise CheckpointError(f"no space left on the device of {root} while writing checkpoint {name}; the "
-                                  f"latest complete checkpoint is {latest_checkpoint(run_dir) or '(none)'}") from err
-        raise
+    return tmp
+
+
+def _finish_checkpoint(tmp: Path, name: str, keep: int, protect: str | None = None) -> Path:
+    """Rename a complete temporary folder to ``name``, point ``latest`` at it and prune old checkpoints (never
+    ``protect``)."""
+    root = tmp.parent
     _kill_point(name)
     final = root / name
     if final.exists():
@@ -191,6 +196,110 @@ def discard_checkpoints_after(run_dir: str | os.PathLike, good: Path | None) -> 
     return good
 
 
+def _no_space(err: BaseException, run_dir: str | os.PathLike, name: str) -> BaseException:
+    # disk full: name the device's folder and the checkpoint that is still complete
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return CheckpointError(f"no space left on the device of {checkpoint_root(run_dir)} while writing checkpoint "
+                               f"{name}; the latest complete checkpoint is {latest_checkpoint(run_dir) or '(none)'}")
+    return err
+
+
+def save_checkpoint(run_dir: str | os.PathLike, name: str, *, model_state: dict[str, Tensor],
+                    model_meta: dict[str, Any], train_tensors: dict[str, Tensor], train_meta: dict[str, Any],
+                    keep: int = 2, protect: str | None = None) -> Path:
+    """Write checkpoint ``name`` under ``run_dir/checkpoints`` atomically, point ``latest`` at it, prune old ones.
+
+    Args:
+        keep: how many complete checkpoints to keep (the newest ones).
+        protect: a checkpoint never pruned (the training loop's last validated one, its fallback on divergence).
+    """
+    tmp = _start_checkpoint(run_dir, f".tmp-{name}-{os.getpid()}")
+    try:
+        save_safetensors_atomic(tmp / MODEL_FILE, model_state)
+        write_json_atomic(tmp / MODEL_META, model_meta)
+        save_safetensors_atomic(tmp / STATE_FILE, train_tensors)
+        write_json_atomic(tmp / STATE_META, train_meta)
+    except BaseException as err:  # disk full or interrupted: the partial folder goes, the latest checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _no_space(err, run_dir, name) from err
+    return _finish_checkpoint(tmp, name, keep, protect)
+
+
+def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                   ema: nn.Module | None) -> dict[str, dict[str, Any]]:
+    """The sharded state dicts (DTensor values) of an FSDP model, its optimizer and its EMA copy."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    if ema is not None:
+        state["ema"] = get_model_state_dict(ema)
+    return state
+
+
+def save_sharded_checkpoint(run_dir: str | os.PathLike, name: str, *, model: nn.Module,
+                            optimizer: torch.optim.Optimizer, ema: nn.Module | None, model_meta: dict[str, Any],
+                            train_tensors: dict[str, Tensor], train_meta: dict[str, Any], keep: int = 2,
+                            protect: str | None = None) -> Path:
+    """Every process writes its shards of ``model``, ``optimizer`` and ``ema`` (FSDP modules) into checkpoint
+    ``name`` with torch.distributed.checkpoint; the main process adds the JSON and ``train_tensors`` and renames
+    the folder into place as :func:`save_checkpoint` does. A collective call: all processes, same arguments.
+
+    Returns:
+        the checkpoint folder.
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    main = dist.get_rank() == 0
+    tmp_name = f".tmp-{name}-sharded"
+    if main:
+        _start_checkpoint(run_dir, tmp_name)
+    dist.barrier()                                                    # the folder exists, stale ones are gone
+    tmp = checkpoint_root(run_dir) / tmp_name
+    try:
+        dcp.save(_sharded_state(model, optimizer, ema), checkpoint_id=tmp / SHARDED_DIR)
+        if main:
+            write_json_atomic(tmp / MODEL_META, model_meta)
+            save_safetensors_atomic(tmp / STATE_FILE, train_tensors)
+            write_json_atomic(tmp / STATE_META, train_meta)
+    except BaseException as err:  # as save_checkpoint: no partial folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _no_space(err, run_dir, name) from err
+    if main:
+        _finish_checkpoint(tmp, name, keep, protect)
+    dist.barrier()
+    return checkpoint_root(run_dir) / name
+
+
+def load_sharded_state(checkpoint: Checkpoint, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       ema: nn.Module | None) -> None:
+    """Load a sharded checkpoint into an FSDP ``model``, its ``optimizer`` and its ``ema`` copy, in place.
+
+    Resume with as many processes as wrote it: torch.distributed.checkpoint can reshard, but the RNG states and the
+    data slicing are per process (and another count is not tested).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    if not checkpoint.sharded:
+        raise CheckpointError(f"{checkpoint.path} is not a sharded checkpoint (no {SHARDED_DIR}/ folder)")
+    state = _sharded_state(model, optimizer, ema)
+    if (ema is None) != ("ema" not in _sharded_keys(checkpoint.path / SHARDED_DIR)):
+        raise CheckpointError(f"{checkpoint.path}: the run {'had no' if ema is not None else 'had an'} EMA")
+    dcp.load(state, checkpoint_id=checkpoint.path / SHARDED_DIR)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    if ema is not None:
+        set_model_state_dict(ema, state["ema"])
+
+
+def _sharded_keys(path: Path) -> set[str]:
+    """The top-level names (model, optim, ema) stored in a torch.distributed.checkpoint folder."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return {key.split(".", 1)[0] for key in FileSystemReader(path).read_metadata().state_dict_metadata}
+
+
 def _kill_point(name: str) -> None:
     # Fault injection for the resume test: VISATTN_FAULT_KILL_IN_SAVE=<checkpoint name> kills the process with
     # SIGKILL here, after that checkpoint's files are written and before they are renamed into place.
@@ -235,9 +344,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if latest is None:
             raise CheckpointError(f"no training checkpoint in {path} (expected {path}/checkpoints/{LATEST})")
         path = latest
-    return Checkpoint(path=path, model_state=_read_safetensors(path / MODEL_FILE),
-                      model_meta=_read_json(path / MODEL_META), train_tensors=_read_safetensors(path / STATE_FILE),
-                      train_meta=_read_json(path / STATE_META))
+    model_state = {} if (path / SHARDED_DIR).is_dir() else _read_safetensors(path / MODEL_FILE)
+    return Checkpoint(path=path, model_state=model_state, model_meta=_read_json(path / MODEL_META),
+                      train_tensors=_read_safetensors(path / STATE_FILE), train_meta=_read_json(path / STATE_META))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -300,13 +409,21 @@ def resolve_model_file(path: str | os.PathLike) -> tuple[Path, dict[str, Any] | 
         for candidate in (path / MODEL_FILE, ):
             if candidate.is_file():
                 return candidate, _meta_beside(candidate)
+        if (path / SHARDED_DIR).is_dir():
+            raise CheckpointError(_SHARDED_ONLY.format(path=path))
         latest = latest_checkpoint(path)
+        if latest is not None and (latest / SHARDED_DIR).is_dir():
+            raise CheckpointError(_SHARDED_ONLY.format(path=latest))
         if latest is not None:
             return latest / MODEL_FILE, _meta_beside(latest / MODEL_FILE)
         raise CheckpointError(f"no {MODEL_FILE} and no checkpoints/{LATEST} in {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path, _meta_beside(path)
+
+
+_SHARDED_ONLY = (f"{{path}} is a sharded (--fsdp) training checkpoint without {MODEL_FILE}: finish the run (it writes "
+                 f"the whole model to the run folder), or resume it with `visattn train --resume`")
 
 
 def _meta_beside(weights: Path) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""One training loop for every task: AdamW, warm-up + cosine, mixed precision, EMA, DDP, atomic checkpoints.
+"""One training loop for every task: AdamW, warm-up + cosine, mixed precision, EMA, DDP or FSDP2, atomic checkpoints.
 
 Reproducibility is by construction. The order of the training set in epoch ``e`` is a permutation seeded by
 (seed, e); step ``i`` of that epoch takes the next ``batch_size`` indices (the *global* batch); the random numbers of
@@ -6,6 +6,11 @@ its augmentation come from a generator seeded by (seed, e, i) and are drawn for 
 of a ``torchrun`` job takes its contiguous slice of that batch, so N processes see exactly the images one process
 would. A checkpoint stores the step, the optimizer, EMA and RNG states; ``--resume`` skips the steps already done
 and continues bit for bit (in deterministic CPU mode).
+
+With ``fsdp`` the model (and its EMA copy) is sharded over the processes with FSDP2 instead of replicated by DDP
+(``distributed.shard_model``); checkpoints are then sharded (``checkpoint.save_sharded_checkpoint``), the final
+model is gathered whole on the main process, and every process evaluates the whole validation split (an FSDP
+forward is a collective, so all processes must run the same batches).
 
 Outputs in the run folder: ``metrics.jsonl`` (a row per logged step and per epoch), ``metrics.csv`` (epochs),
 ``curves.png``, ``confusion.png``, ``checkpoints/`` (see ``checkpoint.py``), the final ``model.safetensors`` +
@@ -38,13 +43,23 @@ from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_model,
+    load_sharded_state,
     model_meta,
     optimizer_state_from_flat,
     optimizer_state_to_flat,
     save_checkpoint,
+    save_sharded_checkpoint,
     write_json_atomic,
 )
-from .distributed import all_gather_objects, barrier, convert_sync_batchnorm, init_distributed
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    convert_sync_batchnorm,
+    full_state_dict,
+    init_distributed,
+    shard_model,
+)
 from .tasks import options_to_dict
 from .tasks.base import EvalContext, RunSettings, Task
 
@@ -80,6 +95,7 @@ class TrainConfig:
     ema_decay: float = 0.0               # 0 disables the EMA of weights
     grad_checkpointing: bool = False
     compile: bool = False
+    fsdp: bool = False                   # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     sync_bn: bool = True                 # synchronise BatchNorm statistics across processes under torchrun
     bn_momentum: float | None = None     # override BatchNorm momentum (MaxViT's 0.01 lags in short runs)
     seed: int = 0
@@ -328,7 +344,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """
     # --- processes, devices, determinism ----------------------------------------------------------------------
     device = resolve_device(cfg.device)
-    info = init_distributed(device.type)
+    info = init_distributed(device.type, group_of_one=cfg.fsdp)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
     if cfg.threads:
@@ -344,6 +360,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if cfg.amp == "fp16" and device.type != "cuda":
         raise TrainError("--amp fp16 needs a CUDA device (it uses a gradient scaler); use --amp bf16 on CPU")
     validate_config(cfg)
+    if cfg.amp == "fp16" and cfg.fsdp:
+        raise TrainError("--amp fp16 is not supported with --fsdp (its gradient scaler does not see sharded "
+                         "gradients); use --amp bf16")
     torch.manual_seed(cfg.seed + info.rank)
     run = Path(cfg.out)
     ckpt = None
@@ -381,10 +400,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     model.to(device)
     if info.enabled and cfg.sync_bn:
         model = convert_sync_batchnorm(model, device.type)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if cfg.fsdp:                                                       # the EMA copy is sharded like the model
+        for module in (model, *([ema.module] if ema is not None else [])):
+            shard_model(module, device.type)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
 
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -392,11 +414,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     stat_names = ("loss", "count", *task.train_stat_names)              # epoch sums over the global batches
     guard = DivergenceGuard(cfg.divergence_factor)
     step, sums, best = 0, torch.zeros(len(stat_names), dtype=torch.float64), None
-    if ckpt is not None:
+    if ckpt is not None and cfg.fsdp:
+        load_sharded_state(ckpt, model=model, optimizer=optimizer, ema=ema.module if ema is not None else None)
+    elif ckpt is not None:
         model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(optimizer_state_from_flat(ckpt.train_tensors, ckpt.train_meta["optimizer"]))
         if ema is not None:
             ema.module.load_state_dict({k[4:]: v for k, v in ckpt.train_tensors.items() if k.startswith("ema.")})
+    if ckpt is not None:
         if ckpt.train_meta.get("scaler"):
             scaler.load_state_dict(ckpt.train_meta["scaler"])
         rng = ckpt.train_tensors.get(f"rng.{info.rank}.cpu", ckpt.train_tensors["rng.0.cpu"])
@@ -409,7 +434,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         best = ckpt.train_meta.get("best")
         guard = DivergenceGuard(cfg.divergence_factor, ckpt.train_meta.get("loss_level"))
     train_model: nn.Module = model
-    if info.enabled:
+    if info.enabled and not cfg.fsdp:
         ddp_args = {"device_ids": [device.index]} if device.type == "cuda" else {}
         train_model = nn.parallel.DistributedDataParallel(model, **ddp_args)
     if cfg.compile:
@@ -434,24 +459,35 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         return f"training diverged ({what}) and stopped; {kept}"
     def save(epoch: int, eval_row: dict[str, Any] | None) -> None:
         nonlocal last_saved, last_good
-        bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        # each process checks its own shards (FSDP) or replica; every process learns of any non-finite tensor
+        local = [n for n, t in model.state_dict().items()
+                 if t.is_floating_point() and not torch.isfinite(getattr(t, "to_local", lambda: t)()).all()]
+        bad = sorted({n for names in all_gather_objects(local, info) for n in names})
         if bad:
             raise TrainError(diverged(f"weights became non-finite ({bad[0]}) at step {step}"))
         rng = all_gather_objects(torch.get_rng_state(), info)
-        if not info.is_main:
+        if not info.is_main and not cfg.fsdp:
             if eval_row is not None:
                 last_good = checkpoint_root(run) / f"step{step:08d}"
             barrier(info)
             return
-        tensors, opt_meta = optimizer_state_to_flat(optimizer.state_dict())
+        tensors, opt_meta = optimizer_state_to_flat(optimizer.state_dict()) if not cfg.fsdp else ({}, None)
         tensors.update({f"rng.{r}.cpu": s for r, s in enumerate(rng)})
         if device.type == "cuda":
             tensors[f"rng.{info.rank}.cuda"] = torch.cuda.get_rng_state(device)
-        if ema is not None:
+        if ema is not None and not cfg.fsdp:
             tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
         state = {"step": step, "epoch": epoch, "steps_per_epoch": steps_per_epoch, "world_size": info.world_size,
                  "epoch_sums": dict(zip(stat_names, sums.tolist())), "best": best, "optimizer": opt_meta, "scaler": scaler.state_dict(),
                  "config": dataclasses.asdict(cfg), "eval": eval_row, "loss_level": guard.state()}
+        if cfg.fsdp:
+            last_saved = save_sharded_checkpoint(run, f"step{step:08d}", model=model, optimizer=optimizer,
+                                                 ema=ema.module if ema is not None else None, model_meta=meta,
+                                                 train_tensors=tensors, train_meta=state, keep=cfg.keep,
+                                                 protect=last_good.name if last_good else None)
+            if eval_row is not None:
+                last_good = last_saved
+            return
         last_saved = save_checkpoint(run, f"step{step:08d}", model_state=model.state_dict(), model_meta=meta,
                                      train_tensors=tensors, train_meta=state, keep=cfg.keep,
                                      protect=last_good.name if last_good else None)
@@ -533,7 +569,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
         # --- end of epoch: evaluate, log, checkpoint ------------------------------------------------------------
         eval_bs = cfg.eval_batch_size or max(local_B, 1)
-        ctx = EvalContext(batch_size=eval_bs, device=device, dist_info=info, autocast=autocast, workers=cfg.workers)
+        ctx = EvalContext(batch_size=eval_bs, device=device, dist_info=DistInfo() if cfg.fsdp else info,
+                          autocast=autocast, workers=cfg.workers)
         result = task.evaluate(model, ctx)
         eval_row = {"kind": "epoch", "epoch": epoch + 1, "step": step, "lr": lr,
                     "train_loss": float(sums[0] / sums[1]),
@@ -556,9 +593,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         save(epoch + 1, eval_row)
 
     # --- the final model, plots and summary ---------------------------------------------------------------------
+    final = ema.module if ema is not None else model
+    final_state = full_state_dict(final) if cfg.fsdp else None          # collective: every process gathers
     if info.is_main:
-        final = ema.module if ema is not None else model
-        final_state = {k: v for k, v in final.state_dict().items()}
+        final_state = final_state or {k: v for k, v in final.state_dict().items()}
         export_model(run, final_state, {**meta, "ema": ema is not None, "step": step})
         summary = {k: v for k, v in eval_row.items() if k != "kind"}
         summary.update({"model": cfg.model, "out": str(run), "best": best, "steps": step})

@@ -4,6 +4,7 @@
     visattn train --task sr --scale 2 --epochs 8                # GRL super-resolution on the built-in photos
     visattn train --resume runs/digits                      # continue where a run stopped
     torchrun --nproc-per-node 2 -m visattn.cli train ...    # the same command on several processes (DDP)
+    torchrun --nproc-per-node 8 -m visattn.cli train --model davit_giant --fsdp ...   # sharded (FSDP2)
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--ema", dest="ema_decay", type=float, metavar="DECAY", help="EMA of weights, e.g. 0.999")
     opt.add_argument("--grad-checkpointing", action="store_true", default=None, help="trade compute for memory")
     opt.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    opt.add_argument("--fsdp", action="store_true", default=None,
+                     help="shard parameters, gradients and optimizer state over the processes (FSDP2) instead of "
+                          "replicating the model (DDP); checkpoints are then sharded. Without torchrun: one process")
     opt.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                      help="under torchrun, keep BatchNorm statistics per process")
     opt.add_argument("--bn-momentum", type=float,
@@ -66,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 _ARG_TO_FIELD = {"batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "clip_grad", "amp", "ema_decay",
-                 "grad_checkpointing", "compile", "sync_bn", "bn_momentum", "seed", "deterministic", "img_size",
+                 "grad_checkpointing", "compile", "fsdp", "sync_bn", "bn_momentum", "seed", "deterministic", "img_size",
                  "val_fraction", "train_limit", "val_limit", "save_every", "keep", "log_every", "eval_batch_size",
                  "epochs", "data", "model", "pretrained", "device", "workers", "threads", "progress", "task",
                  "divergence_factor"}
