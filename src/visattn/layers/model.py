@@ -89,7 +89,7 @@ class VisionModel(nn.Module):
         if dtype is None:
             dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
         if device is None:
-            device = param.device if param is not None else torch.get_default_device()
+            device = param.device if param is not None else torch.empty(0).device  # the default device
         return dtype, torch.device(device)
 
     def _example_size(self, size: int | tuple[int, int] | None) -> tuple[int, int]:
