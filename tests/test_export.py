@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from visattn import create_model
-from visattn.export import example_input, example_inputs, export_program, load_torch_export, to_onnx, to_torch_export
+from visattn.export import export_program, load_torch_export, to_onnx, to_torch_export, trace_inputs
+from visattn.layers.model import VisionModel
 
 # name -> (overrides: smaller than test_overrides, still every padding / partition path), three (B, H, W) sizes:
 # the first divides every partition, the others need padding (odd sizes, one at the minimum size).
@@ -98,14 +99,15 @@ def test_torch_export_round_trip(name, tmp_path):
             assert (got - expected).abs().max().item() <= TOL, tuple(x.shape)
 
 
-class _SizeBranch(nn.Module):
+class _SizeBranch(VisionModel):
     """Branches on the width in Python: a dynamic-width trace would be wrong at widths of the other parity."""
 
-    config = type("Config", (), {"in_chans": 3})()
+    task = "classification"
     min_input_size = 8
 
     def __init__(self):
         super().__init__()
+        self.config = type("Config", (), {"in_chans": 3})()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
 
     def forward(self, x):
@@ -118,7 +120,7 @@ def test_size_dependent_branch_is_refused_with_the_dimension():
         export_program(_SizeBranch())
     model = _SizeBranch()
     program = export_program(model, dynamic_size=False).module()   # one fixed size is fine
-    x = example_input(model)
+    (x,) = model.example_inputs()
     with torch.no_grad():
         assert torch.allclose(program(x), model(x))
     with pytest.raises((RuntimeError, AssertionError)):             # and another size is rejected, not wrong
@@ -129,6 +131,8 @@ class _FrameBranch(_SizeBranch):
     """A video module (B, C, T, H, W) that branches on the frame count."""
 
     input_ndim = 5
+    min_input_frames = 1
+    num_frames = 3
 
     def forward(self, x):
         return x * 2 if x.shape[2] % 2 else x
@@ -205,16 +209,25 @@ def test_catnet_torch_export_round_trip(tmp_path):
             assert (got - expected).abs().max().item() <= TOL, tuple(inputs["support"].shape)
 
 
-def test_catnet_example_inputs_are_valid_and_checked_by_name():
+def test_catnet_trace_inputs_are_valid_and_checked_by_name():
     with torch.device("meta"):
         model = create_model("catnet_r50")
-    inputs = example_inputs(model)
+    inputs = trace_inputs(model, device="cpu")
     assert list(inputs) == ["x", "support", "support_mask"]
     B, K = inputs["support"].shape[:2]
+    assert K == 2 and B == 2                                           # 1 would be specialised by the trace
+    assert inputs["support"].shape[-2:] != inputs["x"].shape[-2:]      # independent sizes: traced apart
     assert inputs["support_mask"].shape == (B, K, *inputs["support"].shape[-2:])
     assert inputs["support_mask"].flatten(2).amax(-1).min() == 1       # no empty mask
+    again = trace_inputs(model, device="cpu")
+    assert all(torch.equal(inputs[n], again[n]) for n in inputs)       # seeded: the same trace every time
     with pytest.raises(ValueError, match="support_mask"):
         export_program(model, {"x": inputs["x"], "support": inputs["support"]})
+
+
+def test_export_refuses_a_module_without_the_model_contract():
+    with pytest.raises(ValueError, match="VisionModel"):
+        export_program(nn.Conv2d(3, 4, 3), torch.randn(2, 3, 9, 11))
 
 
 def test_bad_dtype_is_refused():

@@ -85,3 +85,58 @@ def test_attend_fused_matches_reference_with_bias_and_mask() -> None:
     k2[1, :, 5:] += 100.0
     v2[1, :, 5:] -= 50.0
     torch.testing.assert_close(attend(q, k2, v2, bias=full_bias), fused)
+
+
+# --- model-building helpers (layers/model.py) --------------------------------------------------------------------
+
+class _Counting(torch.nn.Module):
+    """x * w + extra, counting its forward calls (a checkpointed block runs again in the backward pass)."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(scale))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.tanh(x * self.w) + extra
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_run_blocks_chains_and_checkpoints(checkpointing: bool) -> None:
+    from visattn.layers.model import run_blocks
+
+    blocks = torch.nn.ModuleList(_Counting(s) for s in (0.5, 2.0, -1.5))
+    x = torch.randn(4, 3, requires_grad=True)
+    extra = torch.randn(4, 3)
+    out = run_blocks(blocks, x, checkpointing, extra)
+    expected = x
+    for s in (0.5, 2.0, -1.5):
+        expected = torch.tanh(expected * s) + extra
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert [b.calls for b in blocks] == [2 if checkpointing else 1] * 3   # recomputed in backward when checkpointed
+    grads = [b.w.grad.clone() for b in blocks]
+    reference = torch.nn.ModuleList(_Counting(s) for s in (0.5, 2.0, -1.5))
+    run_blocks(reference, x, not checkpointing, extra).sum().backward()
+    torch.testing.assert_close(grads, [b.w.grad for b in reference])
+    with torch.no_grad():                                              # no autograd: nothing to checkpoint
+        run_blocks(blocks, x, checkpointing, extra)
+    assert [b.calls for b in blocks] == [3 if checkpointing else 2] * 3
+
+
+def test_init_trunc_normal_touches_only_the_named_layers() -> None:
+    from visattn.layers.model import init_trunc_normal_
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Conv2d(8, 8, 3), torch.nn.LayerNorm(8),
+                                torch.nn.Linear(256, 64, bias=False))
+    conv = model[1].weight.detach().clone()
+    init_trunc_normal_(model)
+    for linear in (model[0], model[3]):
+        assert linear.weight.abs().max() <= 2 and 0.015 < linear.weight.std() < 0.025
+    assert not model[0].bias.any()
+    assert torch.equal(model[1].weight, conv)                          # convs only when asked for
+    init_trunc_normal_(model, std=0.1, layers=(torch.nn.Conv2d,))
+    assert not torch.equal(model[1].weight, conv) and not model[1].bias.any()
+    assert torch.equal(model[2].weight, torch.ones(8))

@@ -14,6 +14,7 @@ import torch
 
 import visattn
 from visattn.layers.attend import use_fused
+from visattn.layers.model import TASKS, VisionModel, example_size
 from visattn.registry import config_from_dict, config_to_dict, get_model_class, reference_params
 
 ALL = visattn.list_models()
@@ -31,8 +32,8 @@ def _families() -> list[str]:
 
 
 FAMILIES = _families()
-# Backbone/head tests apply to classifiers; restoration and few-shot models set ``task`` on their class.
-CLASSIFIERS = [n for n in FAMILIES if getattr(get_model_class(n), "task", "classification") == "classification"]
+# Backbone/head tests apply to classifiers (the contract's ``task``).
+CLASSIFIERS = [n for n in FAMILIES if get_model_class(n).task == "classification"]
 
 
 def _small(name: str, *, random_bias: bool = False, **extra) -> torch.nn.Module:
@@ -50,25 +51,10 @@ def _small(name: str, *, random_bias: bool = False, **extra) -> torch.nn.Module:
     return model
 
 
-def _run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # Models needing more than the image (few-shot support sets) derive the extra inputs per sample from x.
-    extra = getattr(type(model), "test_forward_kwargs", None)
-    return model(x, **extra(x)) if extra is not None else model(x)
-
-
 def _output_shape(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, ...]:
     if hasattr(model, "output_shape"):
         return tuple(model.output_shape(tuple(x.shape)))
     return (x.shape[0], model.config.num_classes)
-
-
-def _input(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
-    cls = type(model)
-    shape = getattr(cls, "test_input_shape", None)
-    if shape is None:
-        m = cls.min_input_size
-        shape = (batch, model.config.in_chans, m + 3, 2 * m - 5)  # odd, non-square, not divisible by anything
-    return torch.randn(batch, *shape[1:])
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -91,9 +77,9 @@ def test_config_json_round_trip(name: str) -> None:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_forward_backward_every_param_gets_grad(name: str) -> None:
     model = _small(name).train()
-    x = _input(model)
-    out = _run(model, x)
-    assert tuple(out.shape) == _output_shape(model, x)
+    inputs = model.example_inputs()
+    out = model(*inputs)
+    assert tuple(out.shape) == _output_shape(model, inputs[0])
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
@@ -104,13 +90,13 @@ def test_forward_backward_every_param_gets_grad(name: str) -> None:
 def test_batch_independence(name: str) -> None:
     # A partition or padding bug that mixes samples shows up as one sample's output depending on another's input.
     model = _small(name).eval()
-    x = _input(model, batch=3)
+    inputs = model.example_inputs(3)
     with torch.no_grad():
-        full = _run(model, x)
-        alone = _run(model, x[1:2])
-        x2 = x.clone()
+        full = model(*inputs)
+        alone = model(*(t[1:2] for t in inputs))
+        x2 = inputs[0].clone()
         x2[0] = torch.randn_like(x2[0])
-        changed = _run(model, x2)
+        changed = model(x2, *inputs[1:])
     torch.testing.assert_close(full[1:2], alone, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(full[1:], changed[1:], atol=1e-5, rtol=1e-4)
 
@@ -118,12 +104,12 @@ def test_batch_independence(name: str) -> None:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_fused_and_reference_attention_agree(name: str) -> None:
     model = _small(name, random_bias=True).eval()
-    x = _input(model)
+    inputs = model.example_inputs()
     with torch.no_grad():
         with use_fused(True):
-            fused = _run(model, x)
+            fused = model(*inputs)
         with use_fused(False):
-            reference = _run(model, x)
+            reference = model(*inputs)
     torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-4)
 
 
@@ -136,7 +122,7 @@ def test_features_only_returns_the_stage_maps(name: str) -> None:
     full = visattn.create_model(name, **cls.test_overrides).eval()
     torch.manual_seed(0)
     feats_net = visattn.create_model(name, features_only=True, out_indices=(0, -1), **cls.test_overrides).eval()
-    x = _input(full)
+    (x,) = full.example_inputs()
     with torch.no_grad():
         expected = full.forward_intermediates(x, intermediates_only=True)
         out = feats_net(x)
@@ -165,7 +151,7 @@ def test_features_only_refuses_models_without_stage_features() -> None:
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_backbone_api(name: str) -> None:
     model = _small(name).eval()
-    x = _input(model)
+    (x,) = model.example_inputs()
     with torch.no_grad():
         feats = model.forward_intermediates(x, intermediates_only=True)
         assert len(feats) == len(model.feature_info)
@@ -204,12 +190,12 @@ def test_backbone_api(name: str) -> None:
 def test_grad_checkpointing_matches(name: str) -> None:
     torch.manual_seed(1)
     model = _small(name).eval()  # eval: no dropout / BN updates, so both passes see the same function
-    x = _input(model)
-    _run(model, x).sum().backward()
+    inputs = model.example_inputs()
+    model(*inputs).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     model.set_grad_checkpointing(True)
-    _run(model, x).sum().backward()
+    model(*inputs).sum().backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4, msg=n)
 
@@ -217,7 +203,7 @@ def test_grad_checkpointing_matches(name: str) -> None:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_bad_input_raises_clear_value_error(name: str) -> None:
     model = _small(name).eval()
-    x = _input(model, batch=1)
+    x, *rest = model.example_inputs(1)
     channels = x.shape[1]
     wrong_channels = torch.randn(1, channels + 1, *x.shape[2:])
     too_small = torch.randn(1, channels, *[2] * (x.ndim - 2))
@@ -229,7 +215,10 @@ def test_bad_input_raises_clear_value_error(name: str) -> None:
     }
     for what, (bad, expected_text) in cases.items():
         with pytest.raises(ValueError, match=expected_text):
-            _run(model, bad) if bad.ndim == x.ndim and bad.is_floating_point() else model(bad)
+            model(bad, *rest)
+        with pytest.raises(ValueError, match=expected_text):
+            model.check_input(bad)
+    model.check_input(x)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -241,9 +230,9 @@ def test_load_pretrained_round_trip_and_mismatch(name: str, tmp_path) -> None:
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
     dst = _small(name).eval()
     assert visattn.load_pretrained(dst, path) == ([], [])
-    x = _input(src)
+    inputs = src.example_inputs()
     with torch.no_grad():
-        torch.testing.assert_close(_run(dst, x), _run(src, x))
+        torch.testing.assert_close(dst(*inputs), src(*inputs))
     state = src.state_dict()
     dropped = next(iter(state))
     del state[dropped]
@@ -266,12 +255,6 @@ def test_create_model_errors_are_helpful() -> None:
         visattn.create_model(name, pretrained=True)
 
 
-def _run_compiled(compiled, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # The compiled wrapper hides the model class, which supplies the extra inputs of few-shot models.
-    extra = getattr(type(model), "test_forward_kwargs", None)
-    return compiled(x, **extra(x)) if extra is not None else compiled(x)
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_compile_fullgraph_matches_eager(name: str) -> None:
     # fullgraph=True fails on any graph break. Backend "eager" runs the traced graph with no code generation (fast,
@@ -279,11 +262,11 @@ def test_compile_fullgraph_matches_eager(name: str) -> None:
     # layers/fused.py, the traced graph the plain ops: random biases make a difference between the two visible.
     torch._dynamo.reset()  # a fresh cache: shared forward code (ClassifierBackbone) would hit the recompile limit
     model = _small(name, random_bias=True).eval()
-    x = _input(model)
+    inputs = model.example_inputs()
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
-        expected = _run(model, x)
-        got = _run_compiled(compiled, model, x)
+        expected = model(*inputs)
+        got = compiled(*inputs)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
@@ -294,16 +277,112 @@ def test_compile_fullgraph_training_matches_eager(name: str) -> None:
     # and parameter gradients as eager. Seeded alike, so drop path draws the same masks in both runs.
     torch._dynamo.reset()
     model = _small(name).train()
-    x = _input(model)
+    inputs = model.example_inputs()
     torch.manual_seed(0)
-    expected = _run(model, x)
+    expected = model(*inputs)
     expected.square().mean().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     torch.manual_seed(0)
-    got = _run_compiled(compiled, model, x)
+    got = compiled(*inputs)
     got.square().mean().backward()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+# --- the model contract (visattn.layers.model.VisionModel) -------------------------------------------------------
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_model_contract_and_example_inputs(name: str) -> None:
+    cls = get_model_class(name)
+    assert issubclass(cls, VisionModel) and cls.task in TASKS and cls.input_ndim in (4, 5)
+    assert (cls.min_input_frames is not None) == (cls.input_ndim == 5)
+    with torch.device("meta"):
+        meta = visattn.create_model(name)
+    inputs = meta.example_inputs(3)                                    # follows the parameters: meta tensors
+    assert len(inputs) == len(cls.input_names) and all(t.device.type == "meta" for t in inputs)
+    x = inputs[0]
+    assert x.dtype == torch.float32 and all(t.shape[0] == 3 for t in inputs)
+    size = example_size(cls.min_input_size)
+    frames = (meta.num_frames,) if cls.input_ndim == 5 else ()         # video: the config's frame count
+    assert tuple(x.shape) == (3, meta.config.in_chans, *frames, *size)
+    assert size[0] != size[1] and all(s % 2 for s in size)
+
+    model = _small(name).eval()
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    first = model.example_inputs(1, 40, dtype=torch.float64, generator=g1)
+    second = model.example_inputs(1, (40, 40), dtype=torch.float64, generator=g2)
+    assert all(torch.equal(a, b) and a.dtype == torch.float64 for a, b in zip(first, second))
+    assert first[0].shape[-2:] == (40, 40)
+    with pytest.raises(ValueError, match=str(cls.min_input_size)):
+        model.example_inputs(1, cls.min_input_size - 1)
+    with pytest.raises(ValueError, match="batch"):
+        model.example_inputs(0)
+    if cls.input_ndim == 5:
+        assert model.example_inputs(1, frames=cls.min_input_frames)[0].shape[2] == cls.min_input_frames
+        with pytest.raises(ValueError, match="frames"):
+            model.example_inputs(1, frames=cls.min_input_frames - 1)
+    else:
+        with pytest.raises(ValueError, match="frames"):
+            model.example_inputs(1, frames=4)
+    if cls.task == "fewshot":                                          # query, support (B, K, ...), binary masks
+        _, support, mask = model.example_inputs(2, shots=3, support_size=(33, 41))
+        assert support.shape == (2, 3, model.config.in_chans, 33, 41) and mask.shape == (2, 3, 33, 41)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0} and mask.flatten(2).amax(-1).min() == 1
+    with torch.no_grad():
+        model(*model.example_inputs(1))
+
+
+def test_register_models_refuses_a_class_without_the_contract() -> None:
+    from visattn.registry import register_models
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        in_chans: int = 3
+
+    class NotAModel(torch.nn.Module):
+        pass
+
+    class NoTask(VisionModel):
+        config_class = Config
+        min_input_size = 8
+
+    class BadTask(NoTask):
+        task = "detection"
+
+    class VideoWithoutFrames(NoTask):
+        task = "classification"
+        input_ndim = 5
+
+    with pytest.raises(TypeError, match="VisionModel"):
+        register_models(NotAModel, {"contract_test_a": Config()})
+    with pytest.raises(TypeError, match="task"):
+        register_models(NoTask, {"contract_test_b": Config()})
+    with pytest.raises(ValueError, match="classification"):
+        register_models(BadTask, {"contract_test_c": Config()})
+    with pytest.raises(ValueError, match="min_input_frames"):
+        register_models(VideoWithoutFrames, {"contract_test_d": Config()})
+    assert not visattn.list_models("contract_test_*")
+
+
+def test_library_code_reads_no_test_attributes() -> None:
+    # The generic tests' hooks on model classes (test_overrides, ...) are for tests: library code asks the contract
+    # instead. A read is an attribute access ``.test_x`` or the string "test_x" (getattr / hasattr) of such a name.
+    import io
+    import tokenize
+    from pathlib import Path
+
+    hooks = {a for n in FAMILIES for c in get_model_class(n).__mro__ for a in vars(c) if a.startswith("test_")}
+    assert "test_overrides" in hooks
+    src = Path(visattn.__file__).parent
+    reads = []
+    for path in sorted(src.rglob("*.py")):
+        tokens = list(tokenize.generate_tokens(io.StringIO(path.read_text()).readline))
+        for prev, tok in zip(tokens, tokens[1:]):
+            attribute = tok.type == tokenize.NAME and tok.string in hooks and prev.string == "."
+            by_name = tok.type == tokenize.STRING and tok.string.strip("\"'") in hooks
+            if attribute or by_name:
+                reads.append(f"{path.relative_to(src)}:{tok.start[0]}: {tok.string}")
+    assert not reads, reads

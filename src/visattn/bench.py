@@ -28,12 +28,13 @@ from torch import Tensor, nn
 
 from .layers.attend import attend, use_fused
 from .layers.checks import check_image
+from .layers.model import VisionModel
 
 __all__ = [
     "GlobalAttention",
+    "bench_inputs",
     "bench_rows",
     "count_flops",
-    "example_input_shape",
     "model_summary",
     "peak_memory",
     "time_call",
@@ -85,17 +86,18 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-def example_input_shape(model: nn.Module, size: tuple[int, int], batch: int = 1) -> tuple[int, ...]:
-    """Input shape of ``model`` at ``size``: (B, C, H, W), or (B, C, T, H, W) for video models."""
-    config = getattr(model, "config", None)
-    in_chans = getattr(config, "in_chans", None) or getattr(model, "in_chans", None) or getattr(model, "dim", 3)
-    if getattr(model, "input_ndim", 4) == 5:
-        frames = getattr(config, "num_frames", None)
-        img_size = getattr(config, "img_size", None)
-        if frames is None and isinstance(img_size, (tuple, list)) and len(img_size) == 3:
-            frames = img_size[0]
-        return (batch, in_chans, frames or 16, *size)
-    return (batch, in_chans, *size)
+def bench_inputs(module: nn.Module, size: tuple[int, int], batch: int = 1, *, device: torch.device | str | None = None,
+                 requires_grad: bool = False) -> tuple[Tensor, ...]:
+    """The inputs ``module`` is measured on at ``size``: a model's ``example_inputs`` (video at the config's frame
+    count, few-shot with a 1-shot support set), or a (B, C, H, W) map for an attention module (C its ``dim``) and
+    :class:`GlobalAttention` (C its ``in_chans``). ``requires_grad``: the main input takes a gradient too."""
+    if isinstance(module, VisionModel):
+        inputs = module.example_inputs(batch, size, device=device)
+    else:
+        channels = module.in_chans if isinstance(module, GlobalAttention) else module.dim
+        inputs = (torch.randn(batch, channels, *size, device=device),)
+    inputs[0].requires_grad_(requires_grad)
+    return inputs
 
 
 def model_summary(name: str, img_size: int | tuple[int, int] | None = 224, **overrides: Any) -> dict[str, Any]:
@@ -109,28 +111,20 @@ def model_summary(name: str, img_size: int | tuple[int, int] | None = 224, **ove
         "name": name, "class": cls.__name__, "module": cls.__module__, "config": model.config,
         "params": sum(p.numel() for p in model.parameters()),
         "reference_params": reference_params(name) if not overrides else None,
-        "min_input_size": getattr(cls, "min_input_size", None), "feature_info": getattr(model, "feature_info", []),
+        "task": cls.task, "min_input_size": cls.min_input_size, "feature_info": getattr(model, "feature_info", []),
     }
     if img_size is not None:
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        shape = example_input_shape(model, size)
         try:
-            out["gmacs"] = count_flops(functools.partial(_forward, model, torch.empty(shape, device="meta"))) / 2e9
+            out["gmacs"] = count_flops(functools.partial(model, *model.example_inputs(1, size))) / 2e9  # meta
         except (NotImplementedError, RuntimeError):  # an op without a meta kernel: count on a real forward
             model = create_model(name, **overrides).eval()
             try:
                 with torch.no_grad():
-                    out["gmacs"] = count_flops(functools.partial(_forward, model, torch.randn(shape))) / 2e9
+                    out["gmacs"] = count_flops(functools.partial(model, *model.example_inputs(1, size))) / 2e9
             except (ValueError, TypeError, RuntimeError) as err:
                 out["gmacs"], out["flops_error"] = None, str(err).splitlines()[0]
     return out
-
-
-def _forward(model: nn.Module, x: Tensor) -> Tensor:
-    # Models that need more than the image (few-shot support sets) say how to make the rest from it; a
-    # torch.compile wrapper hides the class, so ask the module it wraps.
-    extra = getattr(type(getattr(model, "_orig_mod", model)), "test_forward_kwargs", None)
-    return model(x, **extra(x)) if extra is not None else model(x)
 
 
 def _sync(device: torch.device) -> None:
@@ -239,16 +233,15 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
                 # "cannot determine truth value of Relational"), and past 8 sizes it would fall back to eager.
                 torch._dynamo.reset()
                 runner = torch.compile(module, dynamic=False)
-            shape = example_input_shape(module, size, batch)
             row: dict[str, Any] = {"name": target.name, "kind": target.kind, "height": size[0], "width": size[1],
                                    "pixels": size[0] * size[1], "batch": batch, "mode": mode, "dtype": dtype,
                                    "device": device.type, "compile": compile}
             with torch.device("meta"):
                 meta_module = target.build()
             meta_module.train(mode == "fwdbwd")
-            meta_x = torch.empty(shape, device="meta", requires_grad=mode == "fwdbwd")
+            meta_inputs = bench_inputs(meta_module, size, batch, device="meta", requires_grad=mode == "fwdbwd")
             try:
-                flops = count_flops(functools.partial(_step, meta_module, meta_x, mode))
+                flops = count_flops(functools.partial(_step, meta_module, meta_inputs, mode))
                 row["gmacs"] = flops / 2e9 / batch
             except (NotImplementedError, RuntimeError):
                 row["gmacs"] = None
@@ -257,11 +250,11 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
                            note=f"skipped: more than {max_tokens} tokens")
                 yield row
                 continue
-            x = torch.randn(shape, device=device, requires_grad=mode == "fwdbwd")
+            inputs = bench_inputs(module, size, batch, device=device, requires_grad=mode == "fwdbwd")
             amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
                    else contextlib.nullcontext())
 
-            call = functools.partial(_autocast_step, runner, x, mode, amp)
+            call = functools.partial(_autocast_step, runner, inputs, mode, amp)
 
             try:
                 ms, ms_min = time_calls(call, device, warmup=warmup, iters=iters, max_seconds=max_seconds)
@@ -285,15 +278,16 @@ def _f(value: float | None, spec: str) -> str:
     return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
 
 
-def _autocast_step(module: nn.Module, x: Tensor, mode: str, amp: contextlib.AbstractContextManager) -> None:
+def _autocast_step(module: nn.Module, inputs: tuple[Tensor, ...], mode: str,
+                   amp: contextlib.AbstractContextManager) -> None:
     with amp:
-        _step(module, x, mode)
+        _step(module, inputs, mode)
 
 
-def _step(module: nn.Module, x: Tensor, mode: str) -> None:
+def _step(module: nn.Module, inputs: tuple[Tensor, ...], mode: str) -> None:
+    """One forward (``fwd``: without autograd) or forward + backward of the output's sum (``fwdbwd``)."""
     if mode == "fwd":
         with torch.no_grad():
-            _forward(module, x)
+            module(*inputs)
     else:
-        out = _forward(module, x)
-        out.float().sum().backward()
+        module(*inputs).float().sum().backward()

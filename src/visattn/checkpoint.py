@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -473,14 +472,3 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
         first = str(err).splitlines()[0].rstrip(":")
         raise CheckpointError(f"{weights}: {first}. Is it a checkpoint of another architecture?") from err
     return model.eval(), meta
-
-
-def tensor_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v for k, v in model.state_dict().items()}
-
-
-def rng_state_tensors(prefix: str) -> dict[str, Tensor]:
-    out = {f"{prefix}.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out[f"{prefix}.cuda"] = torch.cuda.get_rng_state()
-    return out

@@ -13,11 +13,12 @@ size becomes a Python int. A size-dependent branch that slipped through shows up
 which :func:`export_program` turns into a ``ValueError`` naming the dimension that would be frozen, instead of a
 graph that is silently wrong at other sizes.
 
-Few-shot models (``task == "fewshot"``, CAT-Net) take three inputs, all named in the ONNX graph: the query ``x``
-(B, C, H, W), the support images ``support`` (B, K, C, Hs, Ws) and their masks ``support_mask`` (B, K, Hs, Ws) in
-[0, 1]. The shot count K follows ``dynamic_batch`` and the support size ``dynamic_size`` (independent of the query's);
-:func:`example_inputs` builds a valid set. Eager input value checks (mask range, no empty mask) do not run in the
-traced graph: an exported program trusts its inputs.
+Every input is dynamic: the tracing inputs come from the model's own ``example_inputs`` (batch 2, a size no partition
+divides; :class:`visattn.layers.model.VisionModel`), and the graph's inputs take the names of ``model.input_names``.
+Few-shot models (``task == "fewshot"``, CAT-Net) take three: the query ``x`` (B, C, H, W), the support images
+``support`` (B, K, C, Hs, Ws) and their masks ``support_mask`` (B, K, Hs, Ws) in [0, 1]. The shot count K follows
+``dynamic_batch`` and the support size ``dynamic_size`` (independent of the query's). Eager input value checks (mask
+range, no empty mask) do not run in the traced graph: an exported program trusts its inputs.
 
 The export runs with ``torch.fx.experimental._config.backed_size_oblivious``: reshapes and broadcasts then do not
 specialise a dimension on whether it is 1 (one window, batch 1); the generic code they trace is valid for 1 too,
@@ -35,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DTYPES", "example_input", "example_inputs", "export_program", "load_torch_export", "to_onnx",
-           "to_torch_export"]
+from .layers.model import VisionModel, example_size
+
+__all__ = ["DTYPES", "export_program", "load_torch_export", "to_onnx", "to_torch_export", "trace_inputs"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Upper bound given to the dynamic height / width (the shape solver wants a finite range).
@@ -46,74 +48,49 @@ MAX_SHOTS = 1024  # likewise for the support images per query of few-shot models
 ONNX_OPSET = 18
 
 
-def _input_ndim(model: nn.Module) -> int:
-    return getattr(model, "input_ndim", 4)
+def _is_fewshot(model: VisionModel) -> bool:
+    return model.task == "fewshot"
 
 
-def example_input(model: nn.Module, *, batch: int = 2, size: tuple[int, int] | None = None,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
-    """A random input the model accepts, used to trace it: batch 2 and a size that no partition divides.
+def trace_inputs(model: VisionModel, size: tuple[int, int] | None = None, *, batch: int = 2,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """The inputs :func:`export_program` traces with by default, by name: ``model.example_inputs`` (fixed seed, so
+    the same trace every time) at ``size`` (default the contract's :func:`~visattn.layers.model.example_size`), on
+    ``device`` (default the model's).
 
-    Sizes 0 and 1 are never traced (torch.export would specialise them), hence batch 2 and H, W >= 2.
+    A few-shot model gets 2 shots and a support size other than the query's: torch.export would specialise a shot
+    count of 1 and tie equal sizes together.
     """
-    config = model.config
-    in_chans = getattr(config, "in_chans", 3)
-    if size is None:
-        low = max(getattr(model, "min_input_size", 32), 2)
-        size = (2 * low + 5, 3 * low - 7)                              # e.g. 69 x 89 for min 32: odd, not a multiple
-    shape: tuple[int, ...] = (batch, in_chans, *size)
-    if _input_ndim(model) == 5:
-        test_shape = getattr(model, "test_input_shape", (batch, in_chans, 4, *size))
-        shape = (batch, in_chans, test_shape[2], *size)
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    generator = torch.Generator().manual_seed(0)
+    if _is_fewshot(model):
+        H, W = size if size is not None else example_size(model.min_input_size)
+        inputs = model.example_inputs(batch, (H, W), dtype=dtype, device=device, generator=generator, shots=2,
+                                      support_size=(H + 4, W + 2))
+    else:
+        inputs = model.example_inputs(batch, size, dtype=dtype, device=device, generator=generator)
+    return dict(zip(model.input_names, inputs))
 
 
-def _is_fewshot(model: nn.Module) -> bool:
-    return getattr(model, "task", "classification") == "fewshot"
-
-
-def example_inputs(model: nn.Module, *, batch: int = 2, size: tuple[int, int] | None = None, shots: int = 2,
-                   support_size: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32
-                   ) -> dict[str, Tensor]:
-    """Every input of ``model`` by name: ``{"x": example_input(...)}``, and for few-shot models also ``support``
-    (B, K, C, Hs, Ws) and ``support_mask`` (B, K, Hs, Ws), binary and never empty.
-
-    The support size defaults to one that differs from the query's (the two are independent dimensions), K to 2
-    (not 1, which torch.export would specialise).
-    """
-    x = example_input(model, batch=batch, size=size, dtype=dtype)
-    if not _is_fewshot(model):
-        return {"x": x}
-    H, W = x.shape[-2:]
-    Hs, Ws = support_size if support_size is not None else (H + 4, W - 2)
-    gen = torch.Generator().manual_seed(1)
-    support = torch.randn(batch, shots, x.shape[1], Hs, Ws, generator=gen).to(dtype)
-    mask = (torch.rand(batch, shots, Hs, Ws, generator=gen) > 0.5).to(dtype)
-    mask[..., 0, 0] = 1                                                # a support mask must not be empty
-    return {"x": x, "support": support, "support_mask": mask}
-
-
-def _as_inputs(model: nn.Module, example: Tensor | dict[str, Tensor] | None, dtype: torch.dtype) -> dict[str, Tensor]:
-    """The tracing inputs by name: the default set, the given dict, or a query tensor completed by the defaults."""
+def _as_inputs(model: VisionModel, example: Tensor | dict[str, Tensor] | None,
+               dtype: torch.dtype) -> dict[str, Tensor]:
+    """The tracing inputs by name: the default set, the given dict, or a main input completed by the defaults."""
+    names = model.input_names
     if example is None:
-        return example_inputs(model, dtype=dtype)
+        return trace_inputs(model, dtype=dtype)
     if isinstance(example, Tensor):
-        if not _is_fewshot(model):
-            return {"x": example.to(dtype)}
-        inputs = example_inputs(model, batch=example.shape[0], size=tuple(example.shape[-2:]), dtype=dtype)
-        return {**inputs, "x": example.to(dtype)}
-    names = ("x", "support", "support_mask") if _is_fewshot(model) else ("x",)
+        defaults = trace_inputs(model, tuple(example.shape[-2:]), batch=example.shape[0], dtype=dtype)
+        return {**defaults, names[0]: example.to(dtype)}
     if set(example) != set(names):
         raise ValueError(f"{type(model).__name__} takes the inputs {names}, got {tuple(example)}")
     return {name: example[name].to(dtype) for name in names}
 
 
-def _dynamic_shapes(model: nn.Module, inputs: dict[str, Tensor], dynamic_size: bool,
+def _dynamic_shapes(model: VisionModel, inputs: dict[str, Tensor], dynamic_size: bool,
                     dynamic_batch: bool) -> dict[str, Any]:
     from torch.export import Dim
 
     x = inputs["x"]
-    low = max(getattr(model, "min_input_size", 1), 1)
+    low = model.min_input_size
     dims: dict[int, Any] = {}
     batch = Dim("batch", min=1, max=1 << 16) if dynamic_batch else None
     if dynamic_batch:
@@ -122,7 +99,7 @@ def _dynamic_shapes(model: nn.Module, inputs: dict[str, Tensor], dynamic_size: b
         dims[x.ndim - 2] = Dim("height", min=low, max=MAX_SIZE)
         dims[x.ndim - 1] = Dim("width", min=low, max=MAX_SIZE)
         if x.ndim == 5:
-            dims[2] = Dim("frames", min=max(getattr(model, "min_input_frames", 1), 1), max=MAX_FRAMES)
+            dims[2] = Dim("frames", min=model.min_input_frames or 1, max=MAX_FRAMES)
     if not _is_fewshot(model):
         return {"x": dims}
     # support (B, K, C, Hs, Ws) and support_mask (B, K, Hs, Ws): one batch, one shot count, one support size.
@@ -174,13 +151,16 @@ class _Forward(nn.Module):
 
 
 class _FewShotForward(_Forward):
-    """``model(x, support=..., support_mask=...)`` with three positional inputs (the exported graph's names)."""
+    """``model(x, support, support_mask)``: three positional inputs (the exported graph's names)."""
 
     def forward(self, x: Tensor, support: Tensor, support_mask: Tensor) -> Tensor:
-        return self.model(x, support=support, support_mask=support_mask)
+        return self.model(x, support, support_mask)
 
 
-def _prepare(model: nn.Module, dtype: str | torch.dtype) -> tuple[nn.Module, torch.dtype]:
+def _prepare(model: nn.Module, dtype: str | torch.dtype) -> tuple[VisionModel, torch.dtype]:
+    if not isinstance(model, VisionModel):
+        raise ValueError(f"export takes a visattn model (a visattn.layers.model.VisionModel: task, input_ndim, "
+                         f"min_input_size, input_names, example_inputs), got {type(model).__name__}")
     dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
@@ -208,13 +188,14 @@ def export_program(model: nn.Module, example: Tensor | dict[str, Tensor] | None 
     """Trace ``model`` (eval mode) with ``torch.export``.
 
     Args:
-        model: a visattn model (or any module taking one image tensor).
-        example: the tracing input; default :func:`example_input`. With ``dynamic_size=False`` its height and width
-            are the only ones the program accepts. Few-shot models take a dict (see :func:`example_inputs`); a query
-            tensor alone gets random support images and masks of another size, 2 shots.
+        model: a visattn model (:class:`~visattn.layers.model.VisionModel`).
+        example: the tracing input; default ``model.example_inputs()`` (fixed seed). With ``dynamic_size=False``
+            its height and width are the only ones the program accepts. Models with several inputs take a dict by
+            ``model.input_names``; a main input tensor alone is completed by ``example_inputs`` (few-shot: random
+            support images and masks of another size, 2 shots).
         dynamic_size: height and width symbolic (from ``model.min_input_size`` up to 8192), and for video input
-            (B, C, T, H, W) the frame count too (from ``model.min_input_frames``, default 1, up to 4096); for
-            few-shot models the support height and width too.
+            (B, C, T, H, W) the frame count too (from ``model.min_input_frames`` up to 4096); for few-shot models
+            the support height and width too.
         dynamic_batch: batch size symbolic, and the shot count of few-shot models (1 to 1024).
         dtype: "fp32", "bf16" or "fp16" (the model and the input are cast).
 
@@ -258,7 +239,7 @@ def to_onnx(model: nn.Module, path: str | Path, dynamic_size: bool = True, *,
             dtype: str | torch.dtype = "fp32", opset: int = ONNX_OPSET) -> Path:
     """Export ``model`` to an ONNX file with input ``x`` and output ``y``; batch, height and width dynamic.
 
-    Few-shot models have the inputs ``x``, ``support`` and ``support_mask`` (see :func:`example_inputs`).
+    The inputs are named by ``model.input_names``: ``x``, and for few-shot models ``support`` and ``support_mask``.
 
     The graph comes from the same ``torch.export`` trace (:func:`export_program`), converted by
     ``torch.onnx.export(..., dynamo=True)`` (needs the ``onnx`` and ``onnxscript`` packages). Returns ``path``.
@@ -271,7 +252,7 @@ def to_onnx(model: nn.Module, path: str | Path, dynamic_size: bool = True, *,
         program = export_program(model, example, dynamic_size=dynamic_size, dynamic_batch=dynamic_batch, dtype=dtype)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.onnx")
-    names = ["x", "support", "support_mask"] if _is_fewshot(model) else ["x"]
+    names = list(model.input_names)
     with _size_oblivious():                                            # ONNX decompositions re-trace the program
         onnx_program = torch.onnx.export(program, input_names=names, output_names=["y"], opset_version=opset,
                                          dynamo=True, external_data=False, verbose=False)

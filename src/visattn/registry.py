@@ -41,11 +41,14 @@ def register_models(model_cls: type[nn.Module], variants: Mapping[str, Any], *,
     """Register every variant of one family.
 
     Args:
-        model_cls: the model class; it takes one config and has ``config_class`` and ``test_overrides``.
+        model_cls: the model class, a :class:`visattn.layers.model.VisionModel` subclass that takes one config and
+            sets the contract's class attributes (``config_class``, ``task``, ``input_ndim``, ``min_input_size``,
+            ``min_input_frames`` for video, ``test_overrides``).
         variants: name -> frozen config dataclass accepted by ``model_cls``.
         reference_params: name -> exact parameter count of the reference implementation with the default head;
             the generic tests require one for every variant.
     """
+    _check_contract(model_cls)
     for name in (reference_params or {}):
         if name not in variants:
             raise ValueError(f"reference_params names {name!r}, which is not among the variants")
@@ -57,6 +60,26 @@ def register_models(model_cls: type[nn.Module], variants: Mapping[str, Any], *,
         _MODELS[name] = (model_cls, config)
         if reference_params and name in reference_params:
             _REFERENCE_PARAMS[name] = reference_params[name]
+
+
+def _check_contract(model_cls: type[nn.Module]) -> None:
+    """Refuse a model class that does not answer the questions library code asks every model."""
+    from .layers.model import TASKS, VisionModel
+
+    who = getattr(model_cls, "__name__", repr(model_cls))
+    if not (isinstance(model_cls, type) and issubclass(model_cls, VisionModel)):
+        raise TypeError(f"{who} must subclass visattn.layers.model.VisionModel")
+    missing = [a for a in ("config_class", "task", "min_input_size") if not hasattr(model_cls, a)]
+    if missing:
+        raise TypeError(f"{who} must set the class attribute(s) {', '.join(missing)}")
+    if model_cls.task not in TASKS:
+        raise ValueError(f"{who}.task must be one of {TASKS}, got {model_cls.task!r}")
+    if model_cls.input_ndim not in (4, 5):
+        raise ValueError(f"{who}.input_ndim must be 4 (B, C, H, W) or 5 (B, C, T, H, W), got {model_cls.input_ndim}")
+    if model_cls.input_ndim == 5 and model_cls.min_input_frames is None:
+        raise ValueError(f"{who} takes video (input_ndim 5) and must set min_input_frames")
+    if not isinstance(model_cls.min_input_size, int) or model_cls.min_input_size < 1:
+        raise ValueError(f"{who}.min_input_size must be a positive int, got {model_cls.min_input_size!r}")
 
 
 def register_attention(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:

@@ -251,12 +251,6 @@ def check_model_for_task(model_cls: type, task: Task | type, model_name: str) ->
                          f"trains {what.get(task.input_ndim, '')} {task.model_task} models")
 
 
-def _example_inputs(model: nn.Module, size: int) -> tuple[Tensor, ...]:
-    if hasattr(model, "example_inputs"):
-        return tuple(model.example_inputs(1, size))
-    return (torch.zeros(1, getattr(model.config, "in_chans", 3), size, size),)
-
-
 def build_model(cfg: TrainConfig, task: Task) -> nn.Module:
     """The model for ``task``: fresh from the registry, or from ``cfg.pretrained`` with a new head if needed."""
     from .registry import create_model, get_model_class
@@ -278,7 +272,7 @@ def build_model(cfg: TrainConfig, task: Task) -> nn.Module:
     model.eval()
     try:
         with torch.no_grad():
-            model(*_example_inputs(model, size))
+            model(*model.example_inputs(1, size))
     except ValueError as err:
         raise TrainError(f"{cfg.model} cannot take {size}x{size} inputs: {str(err).splitlines()[0]}") from err
     return model.train()

@@ -44,7 +44,6 @@ class PartitionAttention(nn.Module):
         partition_size: P, the window side (block) or the grid side (grid).
         head_dim: channels per head; heads = dim // head_dim.
         qkv_bias: bias on the q, k, v projections.
-        attn_drop: dropout on the attention output (the fused kernel has no probabilities to drop).
         proj_drop: dropout after the output projection.
     """
 

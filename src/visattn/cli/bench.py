@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.model:
         cls = get_model_class(name)
         small = min(min(s) for s in sizes)
-        if small < getattr(cls, "min_input_size", 1):
+        if small < cls.min_input_size:
             raise ValueError(f"size {small} is too small for {name}: it needs at least {cls.min_input_size}")
         targets.append(Target(name, "model", lambda name=name: create_model(name, **overrides)))
     if args.model and args.baseline and args.baseline_patch > 1:

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         model = create_model(args.name, **overrides)
     model.eval()
     size = parse_sizes(args.size)[0] if args.size else None
-    inputs = ex.example_inputs(model, size=size, dtype=ex.DTYPES[args.dtype])     # {"x": query, ...}
+    inputs = ex.trace_inputs(model, size, dtype=ex.DTYPES[args.dtype])           # {"x": query, ...}
     example = inputs["x"]
     out = Path(args.out)
     if out.parent and not out.parent.exists():
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         program = ex.load_torch_export(out)
         run_exported = program.module()
     with torch.no_grad():
-        extra = {name: t for name, t in inputs.items() if name != "x"}           # few-shot: support, support_mask
-        reference = model.to(example.dtype)(example, **extra).float()
+        reference = model.to(example.dtype)(*inputs.values()).float()           # few-shot: x, support, support_mask
         got = torch.as_tensor(run_exported(*inputs.values())).float()
     diff = (got - reference).abs().max().item()
     sizes = "frames, height, width" if example.ndim == 5 else "height, width"         # video input: (B, C, T, H, W)

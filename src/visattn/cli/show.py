@@ -83,7 +83,7 @@ def run_attention(args: argparse.Namespace) -> int:
     else:
         raise ValueError("pass --checkpoint (a trained model) or --model (random weights)")
     size = args.img_size or int(meta.get("img_size") or 224)
-    if size < getattr(model, "min_input_size", 1):
+    if size < model.min_input_size:
         raise ValueError(f"--img-size {size} is too small for this model: it needs at least {model.min_input_size}")
     crop_pct = float(meta.get("crop_pct") or 1.0)
     source = args.image or "digits:0"

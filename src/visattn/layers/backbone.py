@@ -1,9 +1,10 @@
-"""The timm backbone API that visattn's image classifiers share (input check, classifier reset, head, checkpointing).
+"""The timm backbone API that visattn's image classifiers share (classifier reset, head, checkpointing, stage maps).
 
-A model inheriting :class:`ClassifierBackbone` provides ``config`` (with ``in_chans`` and ``num_classes``),
-``min_input_size``, ``stages`` (each with a ``grad_checkpointing`` flag), ``head`` (with an ``fc`` and a
-``forward(x, pre_logits)``), ``num_features``, ``feature_info`` (one entry per stage), ``forward_features`` and
-``_stage_maps(x, last)``; the rest comes from here.
+A model inheriting :class:`ClassifierBackbone` (a :class:`~visattn.layers.model.VisionModel` with task
+"classification") provides ``config`` (with ``in_chans`` and ``num_classes``), ``min_input_size``, ``stem``,
+``stages`` (each with a ``grad_checkpointing`` flag), ``head`` (with an ``fc`` and a ``forward(x, pre_logits)``),
+``num_features``, ``feature_info`` (one entry per stage) and ``forward_features``; the rest comes from here. A family
+whose stages do not chain one map (MViT's token sequences) overrides ``_stage_maps(x, last)``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import replace
 
 from torch import Tensor, nn
 
-from .checks import check_image
+from .model import VisionModel
 from .timm_api import TimmModelAPI, finish_pretrained_cfg
 
 __all__ = ["ClassifierBackbone", "stage_indices"]
@@ -32,11 +33,11 @@ def stage_indices(indices: int | Sequence[int] | None, n: int, what: str = "indi
     return [i % n for i in indices]
 
 
-class ClassifierBackbone(TimmModelAPI, nn.Module):
-    """Mixin with ``set_grad_checkpointing``, ``reset_classifier``, ``forward_head`` and ``forward``."""
+class ClassifierBackbone(TimmModelAPI, VisionModel):
+    """Base of the classifiers: timm's model API (``TimmModelAPI``), ``set_grad_checkpointing``,
+    ``reset_classifier``, ``forward_intermediates``, ``forward_head`` and ``forward``."""
 
-    min_input_size: int
-    input_ndim = 4
+    task = "classification"
     # Preprocessing of the weights people load into this family, as timm 1.0.31's default tag of the matching timm
     # model says (mean / std, eval centre-crop fraction, resize interpolation); ``data_variants`` overrides per
     # visattn variant. Read through ``pretrained_cfg`` (timm's attribute, so timm.data.resolve_data_config(model=...)
@@ -53,10 +54,6 @@ class ClassifierBackbone(TimmModelAPI, nn.Module):
         cfg = {"input_size": (self.config.in_chans, *size), "crop_mode": "center", **self.data_defaults,
                **self.data_variants.get(getattr(self, "variant_name", ""), {})}
         return finish_pretrained_cfg(self, {**cfg, "num_classes": self.config.num_classes})
-
-    def _check_input(self, x: Tensor) -> None:
-        check_image(x, self.config.in_chans, who=type(self).__name__, min_size=self.min_input_size,
-                    ndim=self.input_ndim)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
@@ -76,9 +73,23 @@ class ClassifierBackbone(TimmModelAPI, nn.Module):
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.config = replace(self.config, num_classes=num_classes)
 
+    def _stem(self, x: Tensor) -> Tensor:
+        """The input checked and through the stem: what the first stage takes."""
+        self.check_input(x)
+        return self.stem(x)
+
+    def _as_map(self, x: Tensor) -> Tensor:
+        """A stage output as a (B, C, h, w) map; families whose stages work channels-last permute here."""
+        return x
+
     def _stage_maps(self, x: Tensor, last: int) -> list[Tensor]:
         """The output maps of stages 0..``last``, (B, C_i, (T_i,) H_i, W_i) each."""
-        raise NotImplementedError
+        x = self._stem(x)
+        maps = []
+        for stage in self.stages[:last + 1]:
+            x = stage(x)
+            maps.append(self._as_map(x))
+        return maps
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, *, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",

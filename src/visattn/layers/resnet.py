@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .model import run_blocks
+
 __all__ = ["Bottleneck", "ResNet", "resnet_remap_state_dict"]
 
 
@@ -97,7 +99,8 @@ class ResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # torchvision's init: Kaiming-normal (fan_out, ReLU) convs, BatchNorm weight 1 / bias 0.
+        # torchvision's init: Kaiming-normal (fan_out, ReLU) convs, BatchNorm weight 1 / bias 0; not the
+        # transformers' init_trunc_normal_, since torchvision's ImageNet ResNets were trained from this one.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -108,21 +111,12 @@ class ResNet(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def _run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint
-
-            for block in stage:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return stage(x)
-
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """Outputs of layer1..layer4. Shape: (B, C, H, W) -> [(B, 4 * widths[i], H / r_i, W / r_i)]."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats = []
         for i in range(4):
-            x = self._run_stage(getattr(self, f"layer{i + 1}"), x)
+            x = run_blocks(getattr(self, f"layer{i + 1}"), x, self.grad_checkpointing)
             feats.append(x)
         return feats
 

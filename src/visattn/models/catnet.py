@@ -63,11 +63,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..attention.cross_masked import CrossMaskedAttention
 from ..layers.checks import check_image
 from ..layers.mlp import Mlp
+from ..layers.model import VisionModel, call_block, random_tensor
 from ..layers.partition import is_symbolic, symbolic_reshape
 from ..layers.pool import averaging_matrix
 from ..layers.resnet import ResNet, resnet_remap_state_dict
@@ -214,7 +214,7 @@ class CMAT(nn.Module):
         return q_new, s_new, logits
 
 
-class CATNet(nn.Module):
+class CATNet(VisionModel):
     """CAT-Net for 1-way K-shot segmentation: query image + K support images and masks -> N + 1 query logit maps.
 
     Args:
@@ -224,6 +224,8 @@ class CATNet(nn.Module):
     task = "fewshot"
     config_class = CATNetConfig
     min_input_size = 32
+    # forward's positional inputs: the query, the support images, their masks (the exported graphs' input names)
+    input_names = ("x", "support", "support_mask")
     # Tiny ResNet and transformer: every code path (dilation, MIFE, both cross directions, 2 iterations). The soft
     # query mask keeps Q->S attention alive at random init, where a hard mask may be empty and then (by design)
     # passes no gradient; the hard path and K > 1 are tested in tests/test_catnet.py.
@@ -272,14 +274,6 @@ class CATNet(nn.Module):
 
     # --- inputs ---------------------------------------------------------------------------------------------------
 
-    def example_inputs(self, batch: int, size: int, shots: int = 1) -> tuple[Tensor, Tensor, Tensor]:
-        """Valid inputs ``model(*inputs)`` of ``batch`` queries of ``size`` x ``size``: zeros for the images, a
-        support mask whose top-left quarter is foreground (never empty)."""
-        c = self.config.in_chans
-        mask = torch.zeros(batch, shots, size, size)
-        mask[..., : max(1, size // 2), : max(1, size // 2)] = 1
-        return torch.zeros(batch, c, size, size), torch.zeros(batch, shots, c, size, size), mask
-
     def _check_inputs(self, x: Tensor, support: Tensor | None, support_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """Validate and return support (B, K, C, Hs, Ws) and its float mask (B, K, Hs, Ws)."""
         c = self.config
@@ -321,12 +315,31 @@ class CATNet(nn.Module):
             raise ValueError(f"support mask of query {b}, shot {k} is empty: a support image needs foreground")
         return support, mask
 
-    @staticmethod
-    def test_forward_kwargs(x: Tensor) -> dict[str, Tensor]:
-        """Extra inputs for the generic tests, per sample from ``x``: the flipped image and a non-empty mask."""
-        mask = (x[:, :1] > 0).to(x.dtype)
-        mask[..., 0, 0] = 1                                            # never empty
-        return {"support": x.flip(-1), "support_mask": mask}
+    def example_inputs(self, batch: int = 2, size: int | tuple[int, int] | None = None, *, frames: int | None = None,
+                       dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                       generator: torch.Generator | None = None, shots: int = 1,
+                       support_size: int | tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """A query, its support images and their masks: ``model(*model.example_inputs())``.
+
+        Arguments as :meth:`VisionModel.example_inputs`, and (the few-shot models' own):
+            shots: support images per query, K (default 1, the paper's 1-shot setting; ``visattn.export`` traces 2).
+            support_size: the support images' height and width (default the query's; ``visattn.export`` traces
+                another size, the two being independent).
+
+        Returns:
+            query (B, C, H, W) and support (B, K, C, Hs, Ws), standard normal; support_mask (B, K, Hs, Ws), binary,
+            none empty.
+        """
+        (x,) = super().example_inputs(batch, size, frames=frames, dtype=dtype, device=device, generator=generator)
+        if not isinstance(shots, int) or shots < 1:
+            raise ValueError(f"shots must be a positive int, got {shots!r}")
+        H, W = x.shape[-2:]
+        Hs, Ws = self._example_size((H, W) if support_size is None else support_size)
+        like = dict(dtype=x.dtype, device=x.device, generator=generator)
+        support = random_tensor(torch.randn, (batch, shots, x.shape[1], Hs, Ws), **like)
+        mask = (random_tensor(torch.rand, (batch, shots, Hs, Ws), **like) > 0.5).to(x.dtype)
+        mask[..., 0, 0] = 1                                            # a support mask must not be empty
+        return x, support, mask
 
     # --- forward --------------------------------------------------------------------------------------------------
 
@@ -343,6 +356,9 @@ class CATNet(nn.Module):
 
     def forward(self, x: Tensor, support: Tensor | None = None, support_mask: Tensor | None = None) -> Tensor:
         """Segment the query ``x`` given K support images and their foreground masks.
+
+        ``support`` and ``support_mask`` may be passed by name or by position (``model(*model.example_inputs())``,
+        the order of ``input_names`` and of the exported graphs' inputs); both are required.
 
         Args:
             x: query images (B, C, H, W).
@@ -380,11 +396,9 @@ class CATNet(nn.Module):
 
         # CMAT iterations, each refining both branches and the query mask.
         q_tok, s_tok = fq.flatten(2).transpose(1, 2), fs.flatten(2).transpose(1, 2)
-        for block in self.cmat:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                q_tok, s_tok, out = checkpoint(block, q_tok, s_tok, ms_tok, logits[-1], use_reentrant=False)
-            else:
-                q_tok, s_tok, out = block(q_tok, s_tok, ms_tok, logits[-1])
+        for block in self.cmat:  # three outputs each, and every module's logits are kept: no run_blocks chain
+            q_tok, s_tok, out = call_block(block, q_tok, s_tok, ms_tok, logits[-1],
+                                           checkpointing=self.grad_checkpointing)
             logits.append(out)
         return self._upsample(torch.stack(logits, dim=1), (h, w), (H, W))
 

@@ -31,13 +31,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..attention.attn_conv import CloAttention
 from ..layers.backbone import ClassifierBackbone
 from ..layers.drop import DropPath, drop_path_rates
+from ..layers.model import run_blocks
 from ..registry import register_models
 
 __all__ = ["CloFormerConfig", "CloFormer"]
@@ -182,11 +181,7 @@ class CloStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return run_blocks(self.blocks, x, self.grad_checkpointing)
 
 
 class CloHead(nn.Module):
@@ -256,18 +251,7 @@ class CloFormer(ClassifierBackbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Shape: (B, in_chans, H, W) -> (B, dims[-1], ceil(H / 32), ceil(W / 32)) (rounded up at every stride)."""
-        self._check_input(x)
-        return self.stages(self.stem(x))
-
-    def _stage_maps(self, x: Tensor, last: int) -> list[Tensor]:
-        """Stage outputs 0..last (widths and strides in ``feature_info``)."""
-        self._check_input(x)
-        x = self.stem(x)
-        features = []
-        for stage in self.stages[:last + 1]:
-            x = stage(x)
-            features.append(x)
-        return features
+        return self.stages(self._stem(x))
 
     @staticmethod
     def remap_state_dict(state_dict: dict[str, Tensor], model: "CloFormer") -> dict[str, Tensor]:

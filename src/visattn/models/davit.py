@@ -29,10 +29,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..attention.channel_group import ChannelGroupAttention
 from ..attention.spatial_window import SpatialWindowAttention
@@ -40,6 +38,7 @@ from ..layers.backbone import ClassifierBackbone
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
+from ..layers.model import init_trunc_normal_, run_blocks
 from ..layers.partition import needs_padding, pad_to_multiple
 from ..registry import register_models
 
@@ -161,12 +160,7 @@ class DaViTStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, H, W, in_dim) -> (B, H', W', dim), channels-last (H' = ceil(H / 2) after a downsample)."""
-        x = self.downsample(x)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
 class DaViTHead(nn.Module):
@@ -218,35 +212,20 @@ class DaViT(ClassifierBackbone):
         self.stages = nn.Sequential(*stages)
         self.head = DaViTHead(config.dims[-1], config.num_classes, config.norm_eps, config.drop_rate)
         self.num_features = config.dims[-1]
-        self.apply(_init_weights)
+        # Linear: truncated normal(0.02), zero bias (timm DaVit._init_weights); convs keep PyTorch's default init.
+        init_trunc_normal_(self)
+
+    def _as_map(self, x: Tensor) -> Tensor:
+        return x.permute(0, 3, 1, 2)                                   # (B, H, W, C) -> (B, C, H, W)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Shape: (B, in_chans, H, W) -> (B, dims[-1], ceil(H / 32), ceil(W / 32))."""
-        self._check_input(x)
-        return self.stages(self.stem(x)).permute(0, 3, 1, 2)           # (B, C, h, w)
-
-    def _stage_maps(self, x: Tensor, last: int) -> list[Tensor]:
-        """Stage outputs 0..last, (B, dims[i], H / 2^(i+2), W / 2^(i+2)) (rounded up)."""
-        self._check_input(x)
-        x = self.stem(x)
-        features = []
-        for stage in self.stages[:last + 1]:
-            x = stage(x)
-            features.append(x.permute(0, 3, 1, 2))                     # (B, C, h, w)
-        return features
+        return self._as_map(self.stages(self._stem(x)))
 
     @staticmethod
     def remap_state_dict(state_dict: dict[str, Tensor], model: "DaViT") -> dict[str, Tensor]:
         """timm ``davit_*`` keys are visattn keys; official dingmyu/davit keys are renamed."""
         return remap_state_dict(state_dict, model)
-
-
-def _init_weights(module: nn.Module) -> None:
-    # Linear: truncated normal(0.02), zero bias (timm DaVit._init_weights); convs keep PyTorch's default init.
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 # --- key remapping -----------------------------------------------------------------------------------------------

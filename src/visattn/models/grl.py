@@ -32,14 +32,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..attention.anchored_stripe import AnchoredStripeCore, AnchorProjection
 from ..attention.window_v2 import ShiftedWindowCosineAttention
-from ..layers.checks import check_image
 from ..layers.conv import SqueezeExcite
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.mlp import Mlp
+from ..layers.model import VisionModel, init_trunc_normal_, run_blocks
 from ..layers.partition import is_symbolic
 from ..registry import register_models
 
@@ -161,12 +160,7 @@ class GRLStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, H, W, C) -> (B, H, W, C)."""
-        res = x
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                res = checkpoint(block, res, use_reentrant=False)
-            else:
-                res = block(res)
+        res = run_blocks(self.blocks, x, self.grad_checkpointing)
         res = self.conv(res.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)       # conv on (B, C, H, W), back to (B, H, W, C)
         return res + x
 
@@ -185,7 +179,7 @@ def _pixelshuffle_layers(scale: int, channels: int, out_channels: int | None = N
     raise ValueError(f"upscale {scale} is not supported by the pixelshuffle head: use a power of 2 or 3")
 
 
-class GRL(nn.Module):
+class GRL(VisionModel):
     """GRL image restoration network (super-resolution or denoising).
 
     Args:
@@ -244,7 +238,9 @@ class GRL(nn.Module):
             self.upsample = nn.Sequential(*_pixelshuffle_layers(s, C, config.in_chans))
         self.num_features = C
         self.feature_info = [{"num_chs": C, "reduction": 1, "module": "norm_end"}]
-        self.apply(_init_weights)
+        # Linear layers (the position-bias MLPs included): truncated normal std 0.02, zero bias; convs keep PyTorch's
+        # default (official GRL._init_weights, whose LayerNorm branch sets the values a new LayerNorm already has).
+        init_trunc_normal_(self)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """(B, in_chans, H, W) -> (B, in_chans, H * upscale, W * upscale)."""
@@ -302,7 +298,7 @@ class GRL(nn.Module):
 
         Shape: (B, in_chans, H, W) -> (B, in_chans, H * upscale, W * upscale); any H, W >= 8.
         """
-        check_image(x, self.config.in_chans, who=type(self).__name__, min_size=self.min_input_size)
+        self.check_input(x)
         H, W = x.shape[-2:]
         x = (self._pad(x) - self.mean) * self.config.img_range
         feat = self.conv_first(x)
@@ -323,18 +319,6 @@ class GRL(nn.Module):
     def remap_state_dict(state_dict: dict[str, Tensor], model: "GRL") -> dict[str, Tensor]:
         """Official (Lightning ``model.``-prefixed or bare) or visattn keys -> visattn keys."""
         return remap_state_dict(state_dict, model)
-
-
-def _init_weights(module: nn.Module) -> None:
-    # Linear layers (the position-bias MLPs included): truncated normal std 0.02, zero bias; convs keep PyTorch's
-    # default (official GRL._init_weights).
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 # --- key remapping -----------------------------------------------------------------------------------------------

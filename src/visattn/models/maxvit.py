@@ -27,7 +27,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..attention.multi_axis import PartitionAttention
 from ..layers.backbone import ClassifierBackbone
@@ -35,6 +34,7 @@ from ..layers.conv import MBConv, SameConv2d, same_padding
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import conv_act, fast_inference
 from ..layers.mlp import Mlp
+from ..layers.model import init_trunc_normal_, run_blocks
 from ..layers.rel_pos import resize_rel_pos_table
 from ..registry import register_models
 
@@ -116,11 +116,7 @@ class MaxViTStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return run_blocks(self.blocks, x, self.grad_checkpointing)
 
 
 class MaxViTStem(nn.Module):
@@ -206,41 +202,24 @@ class MaxViT(ClassifierBackbone):
         hidden = config.dims[-1] if config.head_hidden_size is None else config.head_hidden_size
         self.head = MaxViTHead(config.dims[-1], config.num_classes, hidden, config.ln_eps, config.drop_rate)
         self.num_features = self.head.num_features
-        self.apply(_init_weights)
+        # Normal(0, 0.02) kernels and zero biases, convs included (google-research/maxvit:
+        # tf.random_normal_initializer(stddev=0.02)).
+        init_trunc_normal_(self, layers=(nn.Linear, nn.Conv2d))
 
-    @staticmethod
-    def _to_channels_last(x: Tensor) -> Tensor:
+    def _stem(self, x: Tensor) -> Tensor:
+        self.check_input(x)
         # NHWC memory: oneDNN convolutions run faster on it, and every (B, C, H, W) <-> (B, H, W, C) permute
         # between the MBConv and the attention layers becomes a free view instead of a copy.
-        return x.contiguous(memory_format=torch.channels_last)
+        return self.stem(x.contiguous(memory_format=torch.channels_last))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Shape: (B, in_chans, H, W) -> (B, dims[-1], ceil(H / 32), ceil(W / 32))."""
-        self._check_input(x)
-        return self.stages(self.stem(self._to_channels_last(x)))
-
-    def _stage_maps(self, x: Tensor, last: int) -> list[Tensor]:
-        """Stage outputs 0..last, (B, dims[i], H / 2^(i+2), W / 2^(i+2)) (rounded up)."""
-        self._check_input(x)
-        x = self.stem(self._to_channels_last(x))
-        features = []
-        for stage in self.stages[:last + 1]:
-            x = stage(x)
-            features.append(x)
-        return features
+        return self.stages(self._stem(x))
 
     @staticmethod
     def remap_state_dict(state_dict: dict[str, Tensor], model: "MaxViT") -> dict[str, Tensor]:
         """timm ``maxvit_*_tf_*`` keys are visattn keys; only the relative position tables may need resizing."""
         return remap_state_dict(state_dict, model)
-
-
-def _init_weights(module: nn.Module) -> None:
-    # Normal(0, 0.02) kernels and zero biases (google-research/maxvit: tf.random_normal_initializer(stddev=0.02)).
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 # --- key remapping -----------------------------------------------------------------------------------------------

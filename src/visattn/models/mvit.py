@@ -38,13 +38,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..attention.pooling import PoolingAttention
 from ..layers.backbone import ClassifierBackbone
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
+from ..layers.model import call_block, init_trunc_normal_
 from ..layers.partition import is_symbolic, symbolic_reshape
 from ..registry import register_models
 
@@ -207,11 +207,8 @@ class MViTStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: Tensor, size: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x, size = checkpoint(block, x, size, use_reentrant=False)
-            else:
-                x, size = block(x, size)
+        for block in self.blocks:  # each block returns the pooled size with the tokens, so no run_blocks chain
+            x, size = call_block(block, x, size, checkpointing=self.grad_checkpointing)
         return x, size
 
 
@@ -272,7 +269,7 @@ class MViT(ClassifierBackbone):
         self.num_features = plan[-1]["outs"][-1]
         self.norm = nn.LayerNorm(self.num_features, eps=config.norm_eps)
         self.head = self._make_head(config.num_classes)
-        self.apply(_init_weights)
+        init_trunc_normal_(self)  # truncated normal(0.02) linear weights, zero biases (facebookresearch/mvit)
         for p in (self.cls_token, self.pos_embed_spatial, self.pos_embed_temporal, self.pos_embed_class):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
@@ -314,7 +311,7 @@ class MViT(ClassifierBackbone):
         return pos
 
     def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        self._check_input(x)
+        self.check_input(x)
         x, size = self.patch_embed(x)                                  # (B, N, C)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # (B, 1 + N, C)
@@ -374,19 +371,17 @@ class MViTVideo(MViT):
     """MViT / MViTv2 video classifier: input (B, 3, T, H, W), features (B, C, T', H', W')."""
 
     input_ndim = 5
-    test_input_shape = (2, 3, 5, 35, 45)
-    # Every video code path: 3-D pooling, temporal + spatial rel-pos (interpolated), separable absolute positions
-    # (interpolated), channel growth in the MLP (MViT v1), Q pooling only where it strides.
+    min_input_frames = 1  # the registered variants' temporal patch conv (kernel 3, padding 1) maps 1 frame to 1
+    # Every video code path: 3-D pooling, temporal + spatial rel-pos (spatially interpolated at the generic tests'
+    # size; other frame counts in tests/test_mvit.py), separable absolute positions, channel growth in the MLP (MViT
+    # v1), Q pooling only where it strides.
     test_overrides = dict(dims=(16, 32, 48, 64), depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4), img_size=(4, 64, 64),
                           rel_pos=True, residual_pooling=True, cls_token=False, global_pool="avg", num_classes=7)
 
-
-def _init_weights(module: nn.Module) -> None:
-    # Truncated normal(0.02) linear weights, zero biases (facebookresearch/mvit MViT._init_weights).
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+    @property
+    def num_frames(self) -> int:
+        """The frame count the config is built for (``img_size[0]``)."""
+        return self.config.img_size[0]
 
 
 # --- key remapping -----------------------------------------------------------------------------------------------
