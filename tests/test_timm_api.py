@@ -112,3 +112,31 @@ def test_input_check_is_skipped_while_fx_tracing() -> None:
     assert torch.equal(graph(torch.ones(1, 3, 4, 4)), torch.full((1, 3, 4, 4), 2.0))
     with pytest.raises(ValueError, match="3 input channels"):
         Checked()(torch.ones(1, 2, 4, 4))
+
+
+def _odd_input(model: torch.nn.Module) -> torch.Tensor:
+    # another size than _input's: odd, non-square, not a multiple of any window, patch or stride
+    m = type(model).min_input_size
+    if type(model).input_ndim == 5:
+        return torch.randn(1, model.config.in_chans, 3, m + 3, 2 * m - 5)
+    return torch.randn(1, model.config.in_chans, m + 3, 2 * m - 5)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_fx_symbolic_trace_matches_eager_at_any_size(name: str) -> None:
+    # torch.fx symbolic tracing (torchvision's create_feature_extractor, FX quantization) sees sizes as proxies: every
+    # size-dependent branch takes its general path (pad / mask / crop by amounts that may be zero), so one graph
+    # serves every input size, including sizes that need padding when the graph was traced without any input.
+    model = _small(name)
+    graph = torch.fx.symbolic_trace(model)
+    assert isinstance(graph, torch.fx.GraphModule)
+    for x in (_input(model), _odd_input(model)):
+        with torch.no_grad():
+            expected = model(x)
+            got = graph(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # the graph recorded no inference-only fast path: it trains
+    graph.train()
+    graph(_input(model)).sum().backward()
+    assert all(p.grad is not None for p in graph.parameters() if p.requires_grad)

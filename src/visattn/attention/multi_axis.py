@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from ..layers.attend import attend, key_padding_bias
@@ -31,6 +32,9 @@ from ..layers.partition import (
 )
 from ..layers.rel_pos import RelPosBias2d
 from ..registry import register_attention
+
+# a leaf under torch.fx symbolic tracing: it reads the dtype to pick the mask value
+torch.fx.wrap("key_padding_bias")
 
 __all__ = ["PartitionAttention", "MultiAxisAttention"]
 

@@ -26,11 +26,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx import Proxy
 
 from ..layers.attend import attend
 from ..layers.checks import check_image
 from ..layers.fused import linear
-from ..layers.partition import is_symbolic, symbolic_reshape
+from ..layers.partition import is_symbolic, spatial_size, symbolic_reshape
 from ..registry import register_attention
 
 __all__ = ["PoolingAttention", "pooled_size", "rel_pos_index"]
@@ -74,11 +75,10 @@ def rel_pos_index(q: int, k: int, device: torch.device | None = None) -> Tensor:
     return (i * k).div(q, rounding_mode="floor")[:, None] + (k - 1 - j)[None, :]
 
 
-def _axis_term_traced(r_q: Tensor, rel: Tensor, axis: int) -> Tensor:
+def _axis_term_traced(r_q: Tensor, rel: Tensor, axis: int, n: int) -> Tensor:
     """``einsum("bn...c,akc->bn...k")`` along one query axis as a broadcast product and sum: einsum's batch folding
     and permuted views guard on sizes (that one is not 1) under torch.export. (B, heads, *q_size, c), (qa, ka, c)
-    -> (B, heads, *q_size, ka)."""
-    n = r_q.ndim - 3
+    -> (B, heads, *q_size, ka), with ``n`` = len(q_size)."""
     shape = [rel.shape[0] if i == axis else 1 for i in range(n)]
     return (r_q[..., None, :] * rel.view(*shape, rel.shape[1], rel.shape[2])).sum(-1)
 
@@ -258,7 +258,7 @@ class PoolingAttention(nn.Module):
             t = _conv3d_traced(t, pool)
         else:
             t = pool(t)                                                # (B*heads, c, *size')
-        size = tuple(t.shape[2:])
+        size = spatial_size(t, len(size))
         if is_symbolic(*size):  # traced: flatten / reshape of the pooled map asked whether it is one token (a guard)
             t = symbolic_reshape(symbolic_reshape(t, (B * nh, c, -1)).transpose(1, 2), (B, nh, -1, c))
         else:
@@ -288,7 +288,7 @@ class PoolingAttention(nn.Module):
             rel = table[rel_pos_index(qa, ka, table.device)]           # (qa, ka, c)
             a = letters[axis]
             if is_symbolic(B, *q_size):
-                terms.append(_axis_term_traced(r_q, rel, axis))
+                terms.append(_axis_term_traced(r_q, rel, axis, n))
             else:
                 terms.append(torch.einsum(f"bn{letters}c,{a}kc->bn{letters}k", r_q, rel))  # (B, heads, *q_size, ka)
         terms = torch.cat(terms, dim=-1).reshape(B, nh, math.prod(q_size), sum(k_size))  # (B, heads, Nq, sum k)
@@ -312,24 +312,32 @@ class PoolingAttention(nn.Module):
             bias = F.pad(bias, (prefix, 0, prefix, 0))                 # no position term for the class token
         return bias
 
-    def forward_tokens(self, x: Tensor, size: Sequence[int]) -> tuple[Tensor, tuple[int, ...]]:
+    def forward_tokens(self, x: Tensor, size: Sequence[int], *, prefix: int | None = None
+                       ) -> tuple[Tensor, tuple[int, ...]]:
         """Attention on a token sequence.
 
         Args:
             x: (B, prefix + N, dim) tokens; N = prod(size) map tokens in row-major order, after ``prefix`` (0 or
                 1) class tokens.
             size: the map size ((T,) H, W).
+            prefix: the number of class tokens; default: inferred from the token count (not under torch.fx symbolic
+                tracing, where the count is a proxy: pass it).
 
         Shape:
             returns ((B, prefix + N', dim_out), size') with size' = ``query_size(size)``.
         """
         size = tuple(s if is_symbolic(s) else int(s) for s in size)  # int() would freeze a traced size
         B, N, C = x.shape
-        prefix = N - math.prod(size)
-        if prefix not in (0, 1) or len(size) != self.spatial_dims:
-            raise ValueError(f"PoolingAttention: {N} tokens do not match a {size} map (plus at most one class token)")
+        if not isinstance(x, Proxy):
+            found = N - math.prod(size)
+            prefix = found if prefix is None else prefix
+            if prefix not in (0, 1) or found != prefix or len(size) != self.spatial_dims:
+                raise ValueError(f"PoolingAttention: {N} tokens do not match a {size} map (plus {prefix} class "
+                                 f"token(s); at most one)")
+        elif prefix is None:  # torch.fx symbolic tracing: the token count is a proxy, nothing to infer or check
+            raise ValueError("PoolingAttention.forward_tokens under torch.fx symbolic tracing needs prefix=")
         small = self.min_size()
-        if any(s < m for s, m in zip(size, small)):
+        if not isinstance(x, Proxy) and any(s < m for s, m in zip(size, small)):
             raise ValueError(f"PoolingAttention needs a map of at least {small} for its pooling kernels and "
                              f"paddings, got {size}")
         nh = self.num_heads
@@ -369,12 +377,12 @@ class PoolingAttention(nn.Module):
         """
         check_image(x, self.dim, who="PoolingAttention", ndim=2 + self.spatial_dims)
         B, C = x.shape[:2]
-        size = tuple(x.shape[2:])
+        size = spatial_size(x, self.spatial_dims)
         tokens = x.flatten(2).transpose(1, 2)                          # (B, N, C)
         if cls_token is not None:
             tokens = torch.cat((cls_token.reshape(B, 1, C).to(tokens.dtype), tokens), dim=1)  # (B, 1 + N, C)
-        out, q_size = self.forward_tokens(tokens, size)
         prefix = 0 if cls_token is None else 1
+        out, q_size = self.forward_tokens(tokens, size, prefix=prefix)
         out_map = out[:, prefix:].transpose(1, 2).reshape(B, self.dim_out, *q_size)  # (B, dim_out, *size')
         return out_map if cls_token is None else (out_map, out[:, 0])
 

@@ -32,6 +32,9 @@ from ..layers.partition import (
 )
 from ..registry import register_attention
 
+# a leaf under torch.fx symbolic tracing: it reads the dtype to pick the mask value
+torch.fx.wrap("key_padding_bias")
+
 __all__ = ["SpatialWindowAttention"]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.fx import Proxy
 
 from .partition import is_symbolic, symbolic_reshape
 
@@ -73,6 +74,8 @@ def attend(
     Shape:
         returns (B, heads, Nq, head_dim_v).
     """
+    if isinstance(q, Proxy):
+        return _attend_fx(q, k, v, bias, scale, _FUSED if fused is None else fused)
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
     if fused is None:
@@ -92,6 +95,22 @@ def attend(
         logits = q @ (k * scale).transpose(-2, -1)                     # (B, heads, Nq, Nk)
     else:
         logits = (q * scale) @ k.transpose(-2, -1)                     # (B, heads, Nq, Nk)
+    if bias is not None:
+        logits = logits + bias
+    return logits.softmax(dim=-1) @ v
+
+
+def _attend_fx(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float | None, fused: bool) -> Tensor:
+    """:func:`attend` under ``torch.fx.symbolic_trace``: dtypes, ranks and sizes are proxies, so no branch may read
+    them; the graph takes the fused or the plain reference formula whatever the sizes (a bias needing a gradient is
+    left to the fused kernel's math fallback)."""
+    if bias is not None:
+        bias = bias.to(q.dtype)                                        # a no-op where the dtypes already match
+    if fused:
+        if bias is not None:  # a broadcast view of the full shape, as in the eager path (any rank broadcasts)
+            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    logits = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)  # (B, heads, Nq, Nk)
     if bias is not None:
         logits = logits + bias
     return logits.softmax(dim=-1) @ v

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx import Proxy
 
 from .drop import DropPath
 from .fused import conv_act, fast_inference, linear_act, linear_add
@@ -41,7 +42,8 @@ class Conv1x1(nn.Conv2d):
 
     def forward_with(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """The convolution with explicit (e.g. BatchNorm-folded) parameters."""
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        # torch.fx symbolic tracing cannot see the layout; the convolution computes the same for either
+        if not isinstance(x, Proxy) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             y = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)  # (B, H, W, out)
             return y.permute(0, 3, 1, 2)                               # (B, out, H, W), NHWC memory
         return F.conv2d(x, weight, bias)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from .attend import fused_enabled
 
@@ -32,11 +33,14 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_l
 
 
 def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or is_fx_symbolic_tracing())
 
 
 def _exporting() -> bool:
-    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting()
+    # torch.fx graphs run later under any grad mode and on any device: they record the plain ops
+    return (torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or is_fx_symbolic_tracing())
 
 
 # The oneDNN ops wrapped as custom ops for torch.compile: opaque calls to inductor (whose own lowering of the mkldnn

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.fx import Proxy
 
 __all__ = [
     "to_2tuple",
@@ -27,6 +28,7 @@ __all__ = [
     "needs_padding",
     "crop_padding",
     "symbolic_reshape",
+    "spatial_size",
     "roll_maps",
 ]
 
@@ -39,6 +41,8 @@ def to_2tuple(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 def _check_divisible(x: Tensor, size: tuple[int, int], what: str) -> None:
+    if isinstance(x, Proxy):  # torch.fx symbolic tracing: shapes are unknown until the graph runs
+        return
     if x.ndim != 4:
         raise ValueError(f"{what} expects a channels-last (B, H, W, C) tensor, got shape {tuple(x.shape)}")
     H, W = x.shape[1:3]
@@ -87,9 +91,15 @@ def grid_reverse(windows: Tensor, grid_size: int | tuple[int, int], img_size: tu
 def symbolic_reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     """``x.reshape(shape)``; with symbolic sizes a contiguous copy first, so reshape need not ask whether a view
     would do (a guard on the sizes, e.g. that a window count is not 1, which would freeze them)."""
-    if is_symbolic(*x.shape):
+    if not isinstance(x, Proxy) and is_symbolic(*x.shape):
         x = x.clone(memory_format=torch.contiguous_format)
     return x.reshape(shape)
+
+
+def spatial_size(x: Tensor, n: int) -> tuple[int, ...]:
+    """The ``n`` sizes after batch and channels, ``tuple(x.shape[2:2 + n])``, read one by one: under torch.fx
+    symbolic tracing a shape is a proxy that can be indexed but not iterated."""
+    return tuple(x.shape[2 + i] for i in range(n))
 
 
 def pad_to_multiple(x: Tensor, multiple: int | tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
@@ -121,12 +131,13 @@ def crop_padding(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def is_symbolic(*sizes: object) -> bool:
-    """True if any size is a ``torch.SymInt``: a dynamic dimension while torch.export / ONNX export traces.
+    """True if any size is a ``torch.SymInt`` (a dynamic dimension while torch.export / ONNX export traces) or a
+    ``torch.fx.Proxy`` (a size read while ``torch.fx.symbolic_trace`` traces).
 
     Size-dependent branches test this first so a traced graph takes the general path (pad, mask, crop, with amounts
     that may be zero) for every size, while eager code keeps its shortcuts for sizes that divide.
     """
-    return any(isinstance(s, torch.SymInt) for s in sizes)
+    return any(isinstance(s, (torch.SymInt, Proxy)) for s in sizes)
 
 
 def needs_padding(pad: tuple[int, int]) -> bool:

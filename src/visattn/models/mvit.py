@@ -45,7 +45,7 @@ from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
 from ..layers.model import call_block, init_trunc_normal_
-from ..layers.partition import is_symbolic, symbolic_reshape
+from ..layers.partition import is_symbolic, spatial_size, symbolic_reshape
 from ..registry import register_models
 
 __all__ = ["MViTConfig", "MViT", "MViTVideo"]
@@ -115,11 +115,12 @@ class PatchEmbed(nn.Module):
         conv = nn.Conv2d if len(config.img_size) == 2 else nn.Conv3d
         self.proj = conv(config.in_chans, config.dims[0], config.patch_kernel, stride=config.patch_stride,
                          padding=config.patch_padding)
+        self.spatial_dims = len(config.img_size)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """Shape: (B, in_chans, *size) -> ((B, N, dims[0]), size') with N = prod(size')."""
         x = self.proj(x)                                               # (B, C, *size')
-        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])        # (B, N, C)
+        return x.flatten(2).transpose(1, 2), spatial_size(x, self.spatial_dims)  # (B, N, C)
 
 
 def _pool_tokens(x: Tensor, pool: nn.Module, size: tuple[int, ...], prefix: int) -> Tensor:
@@ -129,7 +130,7 @@ def _pool_tokens(x: Tensor, pool: nn.Module, size: tuple[int, ...], prefix: int)
     # traced: reshaped through a contiguous copy (after the class token's slice the view's stride check guarded on
     # the batch not being 1)
     x = symbolic_reshape(x, (B, *size, C)).movedim(-1, 1)             # (B, C, *size), channels-last strides
-    if is_symbolic(*x.shape):
+    if is_symbolic(B, C, *size):
         # traced: an NCHW copy; max pooling's meta function picks the output layout from channels-last input by
         # asking whether the output map is one pixel wide, a guard that froze the last stage's width to != 1
         x = x.clone(memory_format=torch.contiguous_format)
@@ -152,6 +153,7 @@ class MViTBlock(nn.Module):
         n = len(stride_q)
         expand = config.dim_mul_in_att
         att_dim = dim_out if expand else dim
+        self.num_prefix_tokens = int(config.cls_token)
         self.norm1 = nn.LayerNorm(dim, eps=config.norm_eps)
         self.shortcut_proj_attn = nn.Linear(dim, dim_out) if expand and dim != dim_out else None
         if math.prod(stride_q) > 1:
@@ -177,12 +179,12 @@ class MViTBlock(nn.Module):
 
     def forward(self, x: Tensor, size: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
         """Shape: ((B, prefix + N, dim), size) -> ((B, prefix + N', dim_out), size'), size' = query-pooled size."""
-        prefix = x.shape[1] - math.prod(size)
+        prefix = self.num_prefix_tokens
         x_norm = self.norm1(x)
         shortcut = x if self.shortcut_proj_attn is None else self.shortcut_proj_attn(x_norm)
         if self.shortcut_pool_attn is not None:
             shortcut = _pool_tokens(shortcut, self.shortcut_pool_attn, size, prefix)
-        x, size = self.attn.forward_tokens(x_norm, size)
+        x, size = self.attn.forward_tokens(x_norm, size, prefix=prefix)
         fast = fast_inference(x, self)  # eval, no autograd: in-place residual, FFN residual fused into fc2
         x = x.add_(shortcut) if fast else shortcut + self.drop_path1(x)
         x_norm = self.norm2(x)
@@ -349,17 +351,23 @@ class MViT(ClassifierBackbone):
         if self.config.global_pool == "":                               # reset_classifier(n, ''): no pooling
             return x if pre_logits else self.head(x)
         if x.ndim == 3:
-            x = x[:, 0] if self.config.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(1)
-        elif self.config.global_pool == "token":
+            return self._head_from_tokens(x, pre_logits)
+        if self.config.global_pool == "token":
             raise ValueError("this model pools its class token, which a feature map does not hold; pass "
                              "forward_tokens(x)[0] to forward_head")
-        else:
-            x = x.flatten(2).mean(2)                                   # (B, C)
+        x = x.flatten(2).mean(2)                                       # (B, C)
+        return x if pre_logits else self.head(x)
+
+    def _head_from_tokens(self, x: Tensor, pre_logits: bool) -> Tensor:
+        """:meth:`forward_head` of tokens (B, prefix + N, C), without asking their rank (torch.fx cannot)."""
+        if self.config.global_pool == "":
+            return x if pre_logits else self.head(x)
+        x = x[:, 0] if self.config.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape: (B, in_chans, ((T,) H, W) -> (B, num_classes); any H, W >= 32."""
-        return self.forward_head(self.forward_tokens(x)[0])
+        return self._head_from_tokens(self.forward_tokens(x)[0], False)
 
     @staticmethod
     def remap_state_dict(state_dict: dict[str, Tensor], model: "MViT") -> dict[str, Tensor]:
