@@ -460,6 +460,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         if bad:
             raise TrainError(diverged(f"weights became non-finite ({bad[0]}) at step {step}"))
         rng = all_gather_objects(torch.get_rng_state(), info)
+        # every process's CUDA generator too, so that a multi-GPU --resume restores each rank's own state
+        cuda_rng = all_gather_objects(torch.cuda.get_rng_state(device), info) if device.type == "cuda" else []
         if not info.is_main and not cfg.fsdp:
             if eval_row is not None:
                 last_good = checkpoint_root(run) / f"step{step:08d}"
@@ -467,8 +469,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             return
         tensors, opt_meta = optimizer_state_to_flat(optimizer.state_dict()) if not cfg.fsdp else ({}, None)
         tensors.update({f"rng.{r}.cpu": s for r, s in enumerate(rng)})
-        if device.type == "cuda":
-            tensors[f"rng.{info.rank}.cuda"] = torch.cuda.get_rng_state(device)
+        tensors.update({f"rng.{r}.cuda": s for r, s in enumerate(cuda_rng)})
         if ema is not None and not cfg.fsdp:
             tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
         state = {"step": step, "epoch": epoch, "steps_per_epoch": steps_per_epoch, "world_size": info.world_size,
