@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import visattn  # noqa: E402
-from visattn.export import example_inputs  # noqa: E402
+
 from visattn.registry import get_model_class  # noqa: E402
 
 TIMM_PAIRS = {"maxvit_tiny": "maxvit_tiny_tf_224", "davit_tiny": "davit_tiny", "mvitv2_tiny": "mvitv2_tiny"}
@@ -107,7 +107,7 @@ def compare_reduced(names: list[str], device: str | torch.device, dtypes: list[s
     for name in names:
         torch.manual_seed(0)
         model = visattn.create_model(name, **get_model_class(name).test_overrides).eval()
-        inputs = example_inputs(model, batch=2)
+        inputs = dict(zip(model.input_names, model.example_inputs(batch=2)))
         ref_out, ref_grad = _forward_backward(model, inputs)
         for label in dtypes or list(DTYPES):
             row: dict = {"model": name, "dtype": label, "device": str(device)}

@@ -68,9 +68,9 @@ def test_speed_comparison_on_cpu() -> None:
     name = next(n for n in gpu_check.families()
                 if getattr(get_model_class(n), "task", "classification") == "classification")
     ours = visattn.create_model(name, **get_model_class(name).test_overrides)
-    from visattn.export import example_inputs
 
-    x = example_inputs(ours, batch=2)["x"]
+
+    x = ours.example_inputs(batch=2)[0]
     args = argparse.Namespace(rounds=1, iters=1, skip_compile=True, compile_budget=0.0, pair_budget=0.0)
     row = gpu_check.compare_speed(ours, copy.deepcopy(ours), x, torch.device("cpu"), args, gpu_check.Deadline(60))
     assert row["max_abs_diff"] == 0.0 and row["ours_img_s"] > 0 and row["ref_img_s"] > 0

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import visattn
-from visattn.export import example_inputs
+
 from visattn.registry import get_attention_class, get_model_class
 
 TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 1e-2}
@@ -46,7 +46,7 @@ def _check(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) 
 def test_model_low_precision_weights(name: str, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     model = visattn.create_model(name, **get_model_class(name).test_overrides).eval()
-    inputs = example_inputs(model, batch=2)
+    inputs = dict(zip(model.input_names, model.example_inputs(batch=2)))
     with torch.no_grad():
         ref = model(**inputs)
         model.to(dtype)
@@ -58,7 +58,7 @@ def test_model_low_precision_weights(name: str, dtype: torch.dtype) -> None:
 def test_model_bf16_weights_backward(name: str) -> None:
     torch.manual_seed(0)
     model = visattn.create_model(name, **get_model_class(name).test_overrides).to(torch.bfloat16).train()
-    inputs = {k: v.to(torch.bfloat16) for k, v in example_inputs(model, batch=2).items()}
+    inputs = {k: v.to(torch.bfloat16) for k, v in dict(zip(model.input_names, model.example_inputs(batch=2))).items()}
     model(**inputs).float().square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.bfloat16 and torch.isfinite(g).all() for g in grads)
