@@ -335,9 +335,10 @@ class CATNet(VisionModel):
             raise ValueError(f"shots must be a positive int, got {shots!r}")
         H, W = x.shape[-2:]
         Hs, Ws = self._example_size((H, W) if support_size is None else support_size)
-        like = dict(dtype=x.dtype, device=x.device, generator=generator)
-        support = random_tensor(torch.randn, (batch, shots, x.shape[1], Hs, Ws), **like)
-        mask = (random_tensor(torch.rand, (batch, shots, Hs, Ws), **like) > 0.5).to(x.dtype)
+        support = random_tensor(torch.randn, (batch, shots, x.shape[1], Hs, Ws), dtype=x.dtype, device=x.device,
+                                generator=generator)
+        mask = random_tensor(torch.rand, (batch, shots, Hs, Ws), dtype=x.dtype, device=x.device, generator=generator)
+        mask = (mask > 0.5).to(x.dtype)
         mask[..., 0, 0] = 1                                            # a support mask must not be empty
         return x, support, mask
 
