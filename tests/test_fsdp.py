@@ -67,21 +67,21 @@ def test_fsdp_forward_backward_every_family() -> None:
     """Every family trains sharded (a process group of one): FSDP's hooks unshard each unit before its use."""
     script = textwrap.dedent("""
         import torch
-        from tests.test_models import FAMILIES, _input, _run, _small
+        from tests.test_models import FAMILIES, _small
         from visattn.distributed import init_distributed, shard_model
 
         init_distributed("cpu", group_of_one=True)
         for name in FAMILIES:
             torch.manual_seed(0)
             plain = _small(name).eval()
-            x = _input(plain)
+            x = plain.example_inputs(2)
             sharded = _small(name).eval()
             sharded.load_state_dict(plain.state_dict())
             shard_model(sharded, "cpu")
             with torch.no_grad():
-                torch.testing.assert_close(_run(sharded, x), _run(plain, x), rtol=1e-5, atol=1e-5,
+                torch.testing.assert_close(sharded(*x), plain(*x), rtol=1e-5, atol=1e-5,
                                            msg=lambda m: f"{name}: {m}")
-            _run(sharded.train(), x).square().mean().backward()
+            sharded.train()(*x).square().mean().backward()
             grads = [p.grad for p in sharded.parameters() if p.requires_grad]
             assert all(g is not None for g in grads), name
             print(name, "ok")

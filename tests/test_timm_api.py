@@ -25,8 +25,7 @@ def _small(name: str) -> torch.nn.Module:
 
 
 def _input(model: torch.nn.Module) -> torch.Tensor:
-    shape = getattr(type(model), "test_input_shape", None)
-    return torch.randn(*shape) if shape else torch.randn(2, model.config.in_chans, 64, 64)
+    return model.example_inputs(2, 64)[0]                              # video: the config's frame count
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from torch.fx._symbolic_trace import is_fx_tracing
+
 from .checks import check_image
 
 __all__ = ["TASKS", "VisionModel", "call_block", "example_size", "init_trunc_normal_", "random_tensor", "run_blocks"]
@@ -78,6 +80,8 @@ class VisionModel(nn.Module):
         ``input_ndim`` with ``config.in_chans`` channels, height and width >= ``min_input_size`` and (video) at
         least ``min_input_frames`` frames. Shapes only, so it runs unchanged under torch.compile / torch.export."""
         who = type(self).__name__
+        if is_fx_tracing():                  # torch.fx passes a Proxy: nothing to check eagerly
+            return
         check_image(x, self.config.in_chans, who=who, min_size=self.min_input_size, ndim=self.input_ndim)
         if self.input_ndim == 5 and self.min_input_frames is not None and x.shape[2] < self.min_input_frames:
             raise ValueError(f"{who} needs at least {self.min_input_frames} frames (B, C, T, H, W), got T = "
