@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from torch import Tensor
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ["check_image"]
 
@@ -13,7 +13,7 @@ def check_image(x: object, channels: int, *, who: str, min_size: int = 1, ndim: 
 
     ``ndim`` is 4 for images (B, C, H, W) and 5 for video (B, C, T, H, W).
     """
-    if is_fx_tracing():                  # torch.fx symbolic tracing passes a Proxy: nothing to check eagerly
+    if is_fx_symbolic_tracing():                  # torch.fx symbolic tracing passes a Proxy: nothing to check eagerly
         return
     layout = "(B, C, H, W)" if ndim == 4 else "(B, C, T, H, W)"
     if not isinstance(x, Tensor):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from .checks import check_image
 
@@ -80,7 +80,7 @@ class VisionModel(nn.Module):
         ``input_ndim`` with ``config.in_chans`` channels, height and width >= ``min_input_size`` and (video) at
         least ``min_input_frames`` frames. Shapes only, so it runs unchanged under torch.compile / torch.export."""
         who = type(self).__name__
-        if is_fx_tracing():                  # torch.fx passes a Proxy: nothing to check eagerly
+        if is_fx_symbolic_tracing():                  # torch.fx passes a Proxy: nothing to check eagerly
             return
         check_image(x, self.config.in_chans, who=who, min_size=self.min_input_size, ndim=self.input_ndim)
         if self.input_ndim == 5 and self.min_input_frames is not None and x.shape[2] < self.min_input_frames:
