@@ -156,6 +156,12 @@ def main() -> None:
 
         print(f"allocator: glibc keeps freed large buffers: {keep_freed_memory()}")
     torch.set_num_threads(args.threads)
+    from visattn.allocator import keeping_freed_memory
+    from visattn.machine import describe
+
+    print(describe())
+    print("allocator: glibc keeps freed large buffers (both models)" if keeping_freed_memory()
+          else "allocator: glibc defaults (both models)")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
           f"torch {torch.__version__}, timm {timm.__version__}; GEMM rate: 1024^3 fp32 matmuls timed in the same rounds")
     names = [n for n in args.models.split(",") if n]

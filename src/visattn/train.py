@@ -351,6 +351,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             torch._C._set_deterministic_algorithms(True)
     if cfg.amp not in ("none", "bf16", "fp16"):
         raise TrainError(f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
+    if cfg.amp == "bf16" and device.type == "cpu" and info.is_main:
+        from .machine import native_bf16
+
+        if not native_bf16():
+            log.warning("--amp bf16 on a CPU without AVX512-BF16 or AMX: bf16 matmuls are emulated and usually "
+                        "several times slower than fp32 here; "
+                        "drop --amp for fp32")
     if cfg.amp == "fp16" and device.type != "cuda":
         raise TrainError("--amp fp16 needs a CUDA device (it uses a gradient scaler); use --amp bf16 on CPU")
     validate_config(cfg)

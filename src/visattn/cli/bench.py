@@ -176,7 +176,9 @@ def environment_report(argv: list[str], device: object, threads: int | None) -> 
          f"visattn {visattn.__version__}"),
     ]
     from ..allocator import keeping_freed_memory
+    from ..machine import describe
 
+    lines.append(describe())
     lines.append("allocator: glibc keeps freed large buffers (visattn.allocator)" if keeping_freed_memory()
                  else "allocator: as the environment set it (no visattn tuning)")
     if torch.cuda.is_available():
