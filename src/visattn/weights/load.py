@@ -82,7 +82,8 @@ def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
             num_classes=10)``). The dropped keys are not reported as missing.
 
     Returns:
-        The missing and unexpected keys (empty lists after a strict load).
+        The missing and unexpected keys (empty lists after a strict load). A model on the meta device is checked
+        (keys and shapes) but not loaded.
     """
     if isinstance(checkpoint, str):
         from .hub import fetch, is_remote
@@ -120,5 +121,9 @@ def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
             f"\n  missing: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
             f"\n  unexpected: {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
         )
+    if any(v.is_meta for v in own.values()):
+        # a model on the meta device (a keys-and-shapes check before allocating): there is nothing to copy into, and
+        # load_state_dict would warn twice per tensor that its copy is a no-op
+        return LoadResult(missing, unexpected)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return LoadResult(missing, unexpected)
