@@ -334,6 +334,7 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
     """
     from .registry import config_from_dict, create_model, get_model_class
     from .weights import load_pretrained
+    from .weights.load import ArchitectureMismatchError
 
     weights, meta = resolve_model_file(path)
     if meta is not None:
@@ -353,6 +354,9 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
         meta = {}
     try:
         load_pretrained(model, weights)
+    except ArchitectureMismatchError as err:
+        raise CheckpointError(f"{weights} holds a {err.found} model, not {model.variant_name}; pass --model "
+                              f"{err.found}") from err
     except ValueError as err:
         first = str(err).splitlines()[0].rstrip(":")
         raise CheckpointError(f"{weights}: {first}. Is it a checkpoint of another architecture?") from err
