@@ -6,11 +6,11 @@
 
 Batch, height and width (and frames, for video models) are dynamic by default (``--no-dynamic-size`` fixes the
 sizes); in the ONNX file these dimensions are named ``batch``, ``height``, ``width`` (``frames``). Each step (build,
-trace, convert, check) is logged as it starts; a missing output folder is created. The exported graph is run once at the tracing size and compared with eager PyTorch before the command reports
-success. Models whose code would freeze a dynamic size are refused with the dimension and the reason. Few-shot models
-(CAT-Net) are traced with random support images (2 shots, a size of their own) and masks; the graph's inputs are
-``x``, ``support`` (B, K, C, Hs, Ws) and ``support_mask`` (B, K, Hs, Ws), the shot count and support size dynamic
-too.
+trace, convert, check) is logged as it starts; a missing output folder is created. The exported graph is run once at
+the tracing size and compared with eager PyTorch before the command reports success. Models whose code would freeze
+a dynamic size are refused with the dimension and the reason. Few-shot models (CAT-Net) are traced with random
+support images (2 shots, a size of their own) and masks; the graph's inputs are ``x``, ``support`` (B, K, C, Hs, Ws)
+and ``support_mask`` (B, K, Hs, Ws), the shot count and support size dynamic too.
 """
 
 from __future__ import annotations
