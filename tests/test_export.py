@@ -75,7 +75,8 @@ def test_onnx_dynamic_sizes_match_eager(name, tmp_path):
     model = _model(name)
     path = to_onnx(model, tmp_path / f"{name}.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [d for d in session.get_inputs()[0].shape if isinstance(d, str)], "no dynamic input dimension"
+    names = ["batch", "frames", "height", "width"] if len(CASES[name][1][0]) == 4 else ["batch", "height", "width"]
+    assert [d for d in session.get_inputs()[0].shape if isinstance(d, str)] == names  # named, not s77 / s53
     with torch.no_grad():
         for x in _inputs(model, name):
             expected = model(x)
@@ -185,7 +186,9 @@ def test_catnet_onnx_all_inputs_dynamic_match_eager(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["x", "support", "support_mask"]
     support_shape = session.get_inputs()[1].shape                       # (B, K, 3, Hs, Ws): all but C symbolic
-    assert [isinstance(d, str) for d in support_shape] == [True, True, False, True, True], support_shape
+    assert support_shape == ["batch", "shots", 3, "support_height", "support_width"], support_shape
+    assert session.get_inputs()[2].shape == ["batch", "shots", "support_height", "support_width"]
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
     with torch.no_grad():
         for inputs in _catnet_inputs():
             expected = _eager(model, inputs)
@@ -263,8 +266,22 @@ def test_cli_export_fewshot_model_with_support_inputs(tmp_path, capsys):
     assert program(inputs["x"], inputs["support"], inputs["support_mask"]).shape == (1, 3, 97, 203)
 
 
-def test_cli_export_refuses_a_missing_output_folder(tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_export_onnx_names_dims_creates_the_folder_and_reports_each_step(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
     from visattn.cli import main
 
-    assert main(["export", "maxvit_tiny", "--out", str(tmp_path / "no" / "m.onnx")]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    out = tmp_path / "new" / "folder" / "m.onnx"
+    sets = ["stem_width=8", "dims=16,16", "depths=1,1", "head_dim=8", "partition_size=4", "num_classes=5"]
+    assert main(["export", "maxvit_tiny", "--out", str(out)] + [a for s in sets for a in ("--set", s)]) == 0
+    err = capsys.readouterr().err
+    steps = ["building maxvit_tiny", "creating the output folder", "tracing MaxViT with torch.export",
+             "traced in", "converting the program to ONNX", "checking m.onnx with onnxruntime", "wrote"]
+    assert all(step in err for step in steps), err
+    assert [err.index(step) for step in steps] == sorted(err.index(step) for step in steps)
+    graph = onnx.load(str(out)).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == ["batch", 5]

@@ -251,3 +251,30 @@ def test_docs_weights_table_is_generated_from_the_registry() -> None:
     done = subprocess.run([sys.executable, str(root / "scripts" / "make_weights_table.py"), "--check"],
                           env={**__import__("os").environ, "PYTHONPATH": str(root / "src")})
     assert done.returncode == 0, "docs/weights.md is stale: run scripts/make_weights_table.py"
+
+
+def test_another_architecture_is_named_not_taken_for_a_class_count(tmp_path) -> None:
+    from visattn.checkpoint import CheckpointError, load_model
+    from visattn.weights.load import ArchitectureMismatchError, identify_architecture
+
+    with torch.device("meta"):
+        small = visattn.create_model("maxvit_small").state_dict()     # the same keys as maxvit_tiny, wider
+        clo = visattn.create_model("cloformer_xxs").state_dict()
+        tiny = visattn.create_model("maxvit_tiny")
+        ten = visattn.create_model("maxvit_tiny", num_classes=10).state_dict()
+    assert identify_architecture(small) == "maxvit_small" and identify_architecture(clo) == "cloformer_xxs"
+    assert identify_architecture({"conv.weight": torch.zeros(1)}) is None
+    with pytest.raises(ArchitectureMismatchError, match="holds a maxvit_small model, not maxvit_tiny") as err:
+        visattn.load_pretrained(tiny, small)
+    assert "number of classes" not in str(err.value)
+    with pytest.raises(ArchitectureMismatchError, match="holds a cloformer_xxs model, not maxvit_tiny"):
+        visattn.load_pretrained(tiny, clo)
+    with pytest.raises(ValueError, match="a different number of classes"):  # only the classifier differs
+        visattn.load_pretrained(tiny, ten)
+    # through load_model (eval / predict --checkpoint FILE --model NAME): weights of another family, no model.json
+    model = visattn.create_model("cloformer_xxs")
+    path = tmp_path / "clo.safetensors"
+    save_file(model.state_dict(), str(path))
+    with pytest.raises(CheckpointError, match="clo.safetensors holds a cloformer_xxs model, not maxvit_tiny; pass "
+                                              "--model cloformer_xxs"):
+        load_model(path, model_name="maxvit_tiny")

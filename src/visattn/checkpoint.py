@@ -46,6 +46,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "load_model",
+    "load_published_model",
     "load_sharded_state",
     "optimizer_state_from_flat",
     "optimizer_state_to_flat",
@@ -449,6 +450,7 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
     """
     from .registry import config_from_dict, create_model, get_model_class
     from .weights import load_pretrained
+    from .weights.load import ArchitectureMismatchError
 
     weights, meta = resolve_model_file(path)
     if meta is not None:
@@ -468,7 +470,47 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
         meta = {}
     try:
         load_pretrained(model, weights)
+    except ArchitectureMismatchError as err:
+        raise CheckpointError(f"{weights} holds a {err.found} model, not {model.variant_name}; pass --model "
+                              f"{err.found}") from err
     except ValueError as err:
         first = str(err).splitlines()[0].rstrip(":")
         raise CheckpointError(f"{weights}: {first}. Is it a checkpoint of another architecture?") from err
     return model.eval(), meta
+
+
+def load_published_model(name: str, *, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a model with published weights, and the metadata a checkpoint of it would hold.
+
+    Args:
+        name: a weights tag or alias (``maxvit_tiny.in1k_384``, ``maxvit_tiny_tf_224.in1k``) or a registered name
+            with published weights (its default tag); see ``visattn list --pretrained``.
+        overrides: config fields on top of those the weights need.
+
+    Returns:
+        the model (eval mode, on CPU) and its metadata: ``model``, ``weights`` (the tag), the publisher's
+        evaluation preprocessing (``img_size``, ``crop_pct``, ``crop_mode``, ``interpolation``, ``mean``, ``std``)
+        and, for a classifier whose width matches the label set, ``classes`` (label names) and ``class_ids``
+        (ImageNet synsets).
+    """
+    from .registry import create_model, list_models
+    from .weights.registry import resolve_pretrained
+
+    try:
+        variant, entry = resolve_pretrained(name)
+    except ValueError as err:
+        if name in list_models():
+            raise CheckpointError(f"{name} has no published weights; pass --checkpoint with your own weights "
+                                  "(`visattn list --pretrained` lists the published ones)") from None
+        raise CheckpointError(str(err)) from None
+    model = create_model(variant, pretrained=entry.name, **(overrides or {}))
+    pre = entry.preprocessing()
+    meta = model_meta(model, weights=entry.name, img_size=pre["input_size"][-1], crop_pct=pre["crop_pct"],
+                      crop_mode=pre["crop_mode"], interpolation=pre["interpolation"], mean=list(pre["mean"]),
+                      std=list(pre["std"]))
+    if pre["label_names"] and getattr(model.config, "num_classes", None) == len(pre["label_names"]):
+        meta["classes"] = pre["label_names"]
+        if pre["label_ids"]:
+            meta["class_ids"] = pre["label_ids"]
+    return model.eval(), meta
+

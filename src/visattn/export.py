@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,10 @@ from torch import Tensor, nn
 
 from .layers.model import VisionModel, example_size
 
-__all__ = ["DTYPES", "export_program", "load_torch_export", "to_onnx", "to_torch_export", "trace_inputs"]
+__all__ = ["DTYPES", "dynamic_dim_names", "export_program", "load_torch_export", "to_onnx", "to_torch_export",
+           "trace_inputs"]
+
+log = logging.getLogger("visattn")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Upper bound given to the dynamic height / width (the shape solver wants a finite range).
@@ -206,11 +212,54 @@ def export_program(model: nn.Module, example: Tensor | dict[str, Tensor] | None 
     inputs = _as_inputs(model, example, dtype)
     shapes = _dynamic_shapes(model, inputs, dynamic_size, dynamic_batch)
     wrapper = _FewShotForward(model) if _is_fewshot(model) else _Forward(model)
+    dynamic = sorted({d.__name__ for dims in shapes.values() for d in dims.values()}, key=_DIM_ORDER.index)
+    log.info("tracing %s with torch.export at %s (dynamic: %s); this takes seconds to minutes", type(model).__name__,
+             "x".join(str(n) for n in inputs["x"].shape), ", ".join(dynamic) or "none")
+    start = time.perf_counter()
     try:
         with torch.no_grad(), _size_oblivious(), _NchwConvInputs():
-            return torch.export.export(wrapper, tuple(inputs.values()), dynamic_shapes=shapes, strict=False)
+            program = torch.export.export(wrapper, tuple(inputs.values()), dynamic_shapes=shapes, strict=False)
     except torch._dynamo.exc.UserError as err:
         raise _explain(model, err) from err
+    log.info("traced in %.0f s", time.perf_counter() - start)
+    return program
+
+
+_DIM_ORDER = ["batch", "shots", "frames", "height", "width", "support_height", "support_width"]
+
+
+def dynamic_dim_names(program: torch.export.ExportedProgram, model: nn.Module) -> dict[str, str]:
+    """The program's size symbols (``s77``) -> the names of the dynamic dimensions they stand for (``batch``,
+    ``height``...), read from the input placeholders and the axes :func:`export_program` made dynamic."""
+    user = program.graph_signature.user_inputs
+    vals = [n.meta["val"] for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+    names = ("x", "support", "support_mask")[:len(vals)]
+    shapes = _dynamic_shapes(model, dict(zip(names, vals)), True, True)
+    out: dict[str, str] = {}
+    for name, val in zip(names, vals):
+        for axis, dim in shapes.get(name, {}).items():
+            size = val.shape[axis]
+            if isinstance(size, torch.SymInt) and re.fullmatch(r"s\d+", str(size)):
+                out.setdefault(str(size), dim.__name__)
+    return out
+
+
+def _rename_onnx_dims(path: Path, names: dict[str, str]) -> None:
+    """Rename the symbolic dimensions (``dim_param``) of the graph's inputs, outputs and value infos: ``s77`` ->
+    ``batch``, and inside expressions (``2*s53`` -> ``2*height``)."""
+    import onnx
+
+    if not names:
+        return
+    model = onnx.load(str(path))
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        if not value.type.HasField("tensor_type"):
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_param = pattern.sub(lambda m: names[m.group(1)], dim.dim_param)
+    onnx.save(model, str(path))
 
 
 def to_torch_export(model: nn.Module, path: str | Path, *, example: Tensor | dict[str, Tensor] | None = None,
@@ -224,6 +273,7 @@ def to_torch_export(model: nn.Module, path: str | Path, *, example: Tensor | dic
     program = export_program(model, example, dynamic_size=dynamic_size, dynamic_batch=dynamic_batch, dtype=dtype)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    log.info("saving the program")
     torch.export.save(program, tmp)
     tmp.replace(path)                                                  # atomic: never a half-written file
     return program
@@ -240,6 +290,8 @@ def to_onnx(model: nn.Module, path: str | Path, dynamic_size: bool = True, *,
     """Export ``model`` to an ONNX file with input ``x`` and output ``y``; batch, height and width dynamic.
 
     The inputs are named by ``model.input_names``: ``x``, and for few-shot models ``support`` and ``support_mask``.
+    The dynamic dimensions carry their names in the file (``dim_param``): ``batch``, ``height``, ``width``, and
+    ``frames`` for video, ``shots``, ``support_height``, ``support_width`` for few-shot models.
 
     The graph comes from the same ``torch.export`` trace (:func:`export_program`), converted by
     ``torch.onnx.export(..., dynamo=True)`` (needs the ``onnx`` and ``onnxscript`` packages). Returns ``path``.
@@ -253,9 +305,13 @@ def to_onnx(model: nn.Module, path: str | Path, dynamic_size: bool = True, *,
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.onnx")
     names = list(model.input_names)
+    log.info("converting the program to ONNX (opset %d)", opset)
+    start = time.perf_counter()
     with _size_oblivious():                                            # ONNX decompositions re-trace the program
         onnx_program = torch.onnx.export(program, input_names=names, output_names=["y"], opset_version=opset,
                                          dynamo=True, external_data=False, verbose=False)
     onnx_program.save(tmp)
+    _rename_onnx_dims(tmp, dynamic_dim_names(program, model))
     tmp.replace(path)
+    log.info("converted in %.0f s", time.perf_counter() - start)
     return path

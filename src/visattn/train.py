@@ -252,8 +252,11 @@ def check_model_for_task(model_cls: type, task: Task | type, model_name: str) ->
 
 
 def build_model(cfg: TrainConfig, task: Task) -> nn.Module:
-    """The model for ``task``: fresh from the registry, or from ``cfg.pretrained`` with a new head if needed."""
+    """The model for ``task``: fresh from the registry, or from ``cfg.pretrained`` (a saved model or weights file,
+    or published weights: a tag such as ``maxvit_tiny_tf_224.in1k`` or ``maxvit_tiny.in1k_224``) with a new
+    classifier (and a log line) where the task's classes differ."""
     from .registry import create_model, get_model_class
+    from .weights.registry import resolve_pretrained
 
     cls = get_model_class(cfg.model)
     check_model_for_task(cls, task, cfg.model)
@@ -261,7 +264,19 @@ def build_model(cfg: TrainConfig, task: Task) -> nn.Module:
     if size < getattr(cls, "min_input_size", 1):
         raise TrainError(f"--img-size {size} is too small for {cfg.model}: it needs at least {cls.min_input_size}")
     overrides = {**cfg.model_overrides, **task.model_overrides()}
-    if cfg.pretrained:
+    tag = None
+    if cfg.pretrained and not Path(cfg.pretrained).exists():
+        try:
+            variant, tag = resolve_pretrained(cfg.pretrained)
+        except ValueError as err:
+            raise TrainError(f"--pretrained {cfg.pretrained}: no such file, and {err}") from None
+        if variant != cfg.model:
+            raise TrainError(f"--pretrained {cfg.pretrained} holds {variant} weights ({tag.name}), not {cfg.model}; "
+                             f"pass --model {variant}")
+    if tag is not None:
+        model = create_model(cfg.model, pretrained=tag.name, **overrides)  # head.fc left fresh if classes differ
+        log.info("initialised %s from the published weights %s", cfg.model, tag.name)
+    elif cfg.pretrained:
         model, _ = load_model(cfg.pretrained, model_name=cfg.model,
                               overrides={k: v for k, v in cfg.model_overrides.items() if k != "num_classes"})
         if "num_classes" in overrides and model.config.num_classes != overrides["num_classes"]:

@@ -4,6 +4,8 @@ restoration, Dice for few-shot segmentation; ``eval.json`` beside the checkpoint
 
     visattn eval --checkpoint runs/digits                  # the split the run was validated on
     visattn eval --checkpoint model.safetensors --data path/to/imagefolder --out eval/
+    visattn eval --model maxvit_tiny_tf_224.in1k --data imagenet_val/   # published weights; class folders named
+                                                                        # by synset (n01440764) or label name
 """
 
 from __future__ import annotations
@@ -13,11 +15,36 @@ import argparse
 from ._common import add_runtime_args, add_task_args
 
 
+def add_model_source_args(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint``, ``--model`` and ``--set``, shared with ``visattn predict``."""
+    p.add_argument("--checkpoint", "-c", help="run folder, checkpoint folder or .safetensors file; without it, "
+                                              "--model names published weights")
+    p.add_argument("--model", "-m", help="published weights (a tag such as maxvit_tiny_tf_224.in1k, or a model "
+                                         "name with published weights: its default tag; `visattn list --pretrained`); "
+                                         "with --checkpoint: the expected architecture (required for weights "
+                                         "without model.json)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="model config override for a model built from --model, repeatable")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """(model, meta) for ``--checkpoint`` / ``--model`` / ``--set``: a saved model, or published weights."""
+    from ..checkpoint import load_model, load_published_model
+    from ._common import parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    if args.checkpoint:
+        return load_model(args.checkpoint, model_name=args.model, overrides=overrides)
+    if not args.model:
+        raise ValueError("pass --checkpoint (a saved model) or --model naming published weights "
+                         "(`visattn list --pretrained`)")
+    return load_published_model(args.model, overrides=overrides)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a saved model on its task's data (accuracy, PSNR/SSIM, Dice...)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", "-c", required=True, help="run folder, checkpoint folder or .safetensors file")
-    p.add_argument("--model", "-m", help="expected architecture (required for weights without model.json)")
+    add_model_source_args(p)
     p.add_argument("--data", help="built-in name or directory (default: the data the model was trained on)")
     p.add_argument("--split", choices=["val", "train"], default="val",
                    help="val: the held-out split (the test split of built-in data)")
@@ -36,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..checkpoint import load_model, resolve_model_file, write_json_atomic
+    from ..checkpoint import resolve_model_file, write_json_atomic
     from ..tasks import get_task, options_from_dict
     from ..tasks.base import EvalContext
     from ..train import check_model_for_task
@@ -45,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = apply_runtime(args)
-    model, meta = load_model(args.checkpoint, model_name=args.model)
+    model, meta = load_model_from_args(args)
     name = args.task or meta.get("task") or _task_of_model(model)
     task_cls = get_task(name)
     check_model_for_task(type(model), task_cls, meta.get("model") or type(model).__name__)
@@ -62,10 +89,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the {name} task has no {args.split} split to evaluate")
     result = task.evaluate(model, EvalContext(batch_size=args.batch_size, device=device, autocast=autocast,
                                               dataset=dataset))
-    weights, _ = resolve_model_file(args.checkpoint)
-    out = Path(args.out) if args.out else weights.parent
+    if args.checkpoint:
+        weights, _ = resolve_model_file(args.checkpoint)
+        source, out = str(weights), Path(args.out) if args.out else weights.parent
+    else:
+        source, out = meta["weights"], Path(args.out or ".")
     model_name = meta.get("model", args.model)
-    report = {"checkpoint": str(weights), "model": model_name, "task": name, "data": args.data or
+    report = {"checkpoint": source, "model": model_name, "task": name, "data": args.data or
               meta.get("data", {}).get("source"), "split": args.split,
               **{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}}
     write_json_atomic(out / "eval.json", report)

@@ -5,11 +5,12 @@
     visattn export davit_tiny --format onnx --no-dynamic-size --size 224 --out davit_224.onnx
 
 Batch, height and width (and frames, for video models) are dynamic by default (``--no-dynamic-size`` fixes the
-sizes). The exported graph is run once at the tracing size and compared with eager PyTorch before the command reports
-success. Models whose code would freeze a dynamic size are refused with the dimension and the reason. Few-shot models
-(CAT-Net) are traced with random support images (2 shots, a size of their own) and masks; the graph's inputs are
-``x``, ``support`` (B, K, C, Hs, Ws) and ``support_mask`` (B, K, Hs, Ws), the shot count and support size dynamic
-too.
+sizes); in the ONNX file these dimensions are named ``batch``, ``height``, ``width`` (``frames``). Each step (build,
+trace, convert, check) is logged as it starts; a missing output folder is created. The exported graph is run once at
+the tracing size and compared with eager PyTorch before the command reports success. Models whose code would freeze
+a dynamic size are refused with the dimension and the reason. Few-shot models (CAT-Net) are traced with random
+support images (2 shots, a size of their own) and masks; the graph's inputs are ``x``, ``support`` (B, K, C, Hs, Ws)
+and ``support_mask`` (B, K, Hs, Ws), the shot count and support size dynamic too.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("visattn")
     overrides = parse_overrides(args.overrides)
+    out = Path(args.out)
+    log.info("building %s%s", args.name, f" from {args.checkpoint}" if args.checkpoint else " (random weights)")
     if args.checkpoint:
         model, _ = load_model(args.checkpoint, model_name=args.name, overrides=overrides)
     else:
@@ -54,18 +57,20 @@ def run(args: argparse.Namespace) -> int:
     size = parse_sizes(args.size)[0] if args.size else None
     inputs = ex.trace_inputs(model, size, dtype=ex.DTYPES[args.dtype])           # {"x": query, ...}
     example = inputs["x"]
-    out = Path(args.out)
-    if out.parent and not out.parent.exists():
-        raise OSError(f"output folder {out.parent} does not exist")
+    if not out.parent.exists():
+        log.info("creating the output folder %s", out.parent)
+        out.parent.mkdir(parents=True)
     kwargs = {"example": inputs, "dynamic_size": args.dynamic_size, "dtype": args.dtype}
     if args.format == "onnx":
         ex.to_onnx(model, out, opset=args.opset, **kwargs)
         if args.dtype == "bf16":  # measured: onnxruntime 1.31's CPU provider rejects bf16 Conv; nothing to check with
             log.warning(f"wrote {out} (bf16 ONNX, not checked: onnxruntime's CPU provider has no bf16 kernels)")
             return 0
+        log.info("checking %s with onnxruntime against eager PyTorch", out.name)
         run_exported = _onnx_runner(out)
     else:
         ex.to_torch_export(model, out, **kwargs)
+        log.info("checking %s (loaded back) against eager PyTorch", out.name)
         program = ex.load_torch_export(out)
         run_exported = program.module()
     with torch.no_grad():

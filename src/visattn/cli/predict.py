@@ -2,6 +2,7 @@
 classifier, a mask of a query image for a few-shot segmenter (``--support IMAGE MASK``, ``--query IMAGE``).
 
     visattn predict --checkpoint runs/digits image1.png image2.jpg --topk 3
+    visattn predict --model maxvit_tiny_tf_224.in1k photo.jpg      # published weights, their preprocessing
     visattn predict --checkpoint runs/catnet --support s.png s_mask.png --query q.png --out pred/
 """
 
@@ -10,14 +11,14 @@ from __future__ import annotations
 import argparse
 
 from ._common import add_runtime_args, add_task_args
+from .eval import add_model_source_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run a saved model on files (top-k classes, few-shot masks...)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="FILE", help="input files (images for a classifier)")
-    p.add_argument("--checkpoint", "-c", required=True, help="run folder, checkpoint folder or .safetensors file")
-    p.add_argument("--model", "-m", help="expected architecture (required for weights without model.json)")
+    add_model_source_args(p)
     p.add_argument("--topk", "-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--out", "-o", metavar="DIR", help="folder for files the task writes (default .)")
@@ -29,15 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..checkpoint import load_model
     from ..tasks import get_task, options_from_dict
     from ..tasks.base import PredictRequest
     from ..train import check_model_for_task
     from ._common import apply_runtime, task_options_given
-    from .eval import _task_of_model
+    from .eval import _task_of_model, load_model_from_args
 
     device = apply_runtime(args)
-    model, meta = load_model(args.checkpoint, model_name=args.model)
+    model, meta = load_model_from_args(args)
     name = args.task or meta.get("task") or _task_of_model(model)
     task_cls = get_task(name)
     check_model_for_task(type(model), task_cls, meta.get("model") or type(model).__name__)

@@ -23,7 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="built-in data name or a directory (default: the task's, e.g. digits)")
     p.add_argument("--out", "-o", help="run folder (default: runs/<model>-<data>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its latest checkpoint")
-    p.add_argument("--pretrained", metavar="CKPT", help="initialise from weights (visattn, timm or official)")
+    p.add_argument("--pretrained", metavar="CKPT|TAG",
+                   help="initialise from a weights file (visattn, timm or official) or published weights (a tag such "
+                        "as maxvit_tiny_tf_224.in1k, which also picks --model); the classifier is replaced when the "
+                        "task's classes differ")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int)
     opt.add_argument("--batch-size", "-b", type=int, help="global batch size (default 64)")
@@ -77,6 +80,7 @@ _ARG_TO_FIELD = {"batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", 
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import dataclasses
     import logging
 
@@ -107,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_saved({**saved, "out": str(run_dir)}, given)
         train(cfg, resume=True)
         return 0
+    if given.get("pretrained") and "model" not in given and not Path(given["pretrained"]).exists():
+        from ..weights.registry import resolve_pretrained
+
+        with contextlib.suppress(ValueError):                          # not a tag: build_model says so
+            given["model"] = resolve_pretrained(given["pretrained"])[0]
     task = given.get("task", "classification")
     options = task_options_given(args, task)
     given = {**get_task(task).defaults, **given}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -15,12 +16,20 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LoadResult", "read_state_dict", "load_pretrained"]
+__all__ = ["ArchitectureMismatchError", "LoadResult", "read_state_dict", "load_pretrained", "identify_architecture"]
 
 _log = logging.getLogger("visattn.weights")
 
 # Containers that training scripts wrap a state dict in (timm, torchvision references, DeiT, official repos).
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "params", "module", "net", "params_ema")
+
+
+class ArchitectureMismatchError(ValueError):
+    """The checkpoint holds another registered architecture (``found``) than the model it was loaded into."""
+
+    def __init__(self, message: str, found: str):
+        super().__init__(message)
+        self.found = found
 
 
 class LoadResult(NamedTuple):
@@ -63,6 +72,46 @@ def read_state_dict(checkpoint: str | os.PathLike | Mapping[str, Tensor]) -> dic
     return state
 
 
+def identify_architecture(state: Mapping[str, Tensor]) -> str | None:
+    """The registered variant whose keys (after its family's remapping) the state dict has, exactly; among variants
+    with the same keys (maxvit_tiny and maxvit_small) the one with the most tensors of the same shape. None if no
+    variant has those keys. Models are built on the meta device (no memory): first one variant per family, whose
+    key names with the indices blanked out must mostly agree, then every variant of the families that do."""
+    from ..registry import create_model, get_model_class, list_models
+
+    def built(name: str) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+        with torch.device("meta"):
+            try:
+                model = create_model(name)
+                remapped = model.remap_state_dict(dict(state), model) if hasattr(model, "remap_state_dict") else state
+            except Exception:  # noqa: BLE001 - a remapping meeting another family's keys may fail in any way
+                return None
+        return model.state_dict(), remapped
+
+    def pattern(keys: object) -> set[str]:
+        return {re.sub(r"\.\d+(?=\.)", ".#", k) for k in keys}           # stages.3.blocks.1.x -> stages.#.blocks.#.x
+
+    families: dict[type, list[str]] = {}
+    for name in list_models():
+        families.setdefault(get_model_class(name), []).append(name)
+    best, best_score = None, -1
+    for names in families.values():
+        first = built(names[0])
+        if first is None:
+            continue
+        own, remapped = pattern(first[0]), pattern(first[1])
+        if len(own & remapped) < 0.8 * len(own | remapped):
+            continue
+        for name in names:
+            found = first if name == names[0] else built(name)
+            if found is None or not found[0] or set(found[1]) != set(found[0]):
+                continue
+            score = sum(found[1][k].shape == v.shape for k, v in found[0].items())
+            if score > best_score:
+                best, best_score = name, score
+    return best
+
+
 def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Tensor], *,
                     strict: bool = True, hash_prefix: str | None = None,
                     drop_mismatched_classifier: bool = False) -> LoadResult:
@@ -82,7 +131,8 @@ def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
             num_classes=10)``). The dropped keys are not reported as missing.
 
     Returns:
-        The missing and unexpected keys (empty lists after a strict load).
+        The missing and unexpected keys (empty lists after a strict load). A model on the meta device is checked
+        (keys and shapes) but not loaded.
     """
     if isinstance(checkpoint, str):
         from .hub import fetch, is_remote
@@ -90,6 +140,7 @@ def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
         if is_remote(checkpoint):
             checkpoint = fetch(checkpoint, hash_prefix=hash_prefix)
     state = read_state_dict(checkpoint)
+    raw = dict(state)
     remap = getattr(model, "remap_state_dict", None)
     if remap is not None:
         state = remap(state, model)
@@ -106,11 +157,18 @@ def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
             own = {k: v for k, v in own.items() if not k.startswith("head.fc.")}
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
+    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in bad]
+    if (bad or (strict and (missing or unexpected))) and not (bad and all(k.startswith("head.") for k in bad)
+                                                              and not missing and not unexpected):
+        other = identify_architecture(raw)
+        if other is not None and other != name:
+            raise ArchitectureMismatchError(
+                f"the checkpoint holds a {other} model, not {name} ({len(missing)} missing key(s), {len(unexpected)} "
+                f"unexpected, {len(bad)} of another shape); build {other} to load it", other)
     if mismatched:
         hint = ""
-        if any(k.startswith("head.fc.") or k.startswith("head.") for k in mismatched):
+        if all(k.startswith("head.") for k in bad) and not missing and not unexpected:
             hint = " (a different number of classes? build the model with num_classes=... or reset_classifier)"
         raise ValueError(f"cannot load checkpoint into {name}: {len(mismatched)} shape mismatch(es){hint}:\n  "
                          + "\n  ".join(mismatched[:20]))
@@ -120,5 +178,9 @@ def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
             f"\n  missing: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
             f"\n  unexpected: {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
         )
+    if any(v.is_meta for v in own.values()):
+        # a model on the meta device (a keys-and-shapes check before allocating): there is nothing to copy into, and
+        # load_state_dict would warn twice per tensor that its copy is a no-op
+        return LoadResult(missing, unexpected)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return LoadResult(missing, unexpected)

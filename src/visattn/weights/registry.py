@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Any
 
 __all__ = ["WeightsEntry", "LEFT_OUT", "list_pretrained", "get_weights", "resolve_pretrained", "default_tag",
-           "label_names"]
+           "label_names", "label_ids"]
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _HALF = (0.5, 0.5, 0.5)
@@ -93,7 +93,8 @@ class WeightsEntry:
         """Size, crop and normalisation of the publisher's evaluation, and the label names (None if none)."""
         return {"input_size": self.input_size, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode,
                 "mean": self.mean, "std": self.std, "interpolation": self.interpolation,
-                "label_names": label_names(self.labels) if self.labels else None}
+                "label_names": label_names(self.labels) if self.labels else None,
+                "label_ids": label_ids(self.labels) if self.labels else None}
 
     def pretrained_cfg(self) -> dict[str, Any]:
         """timm's ``pretrained_cfg`` dict for these weights (``hf_hub_id``, ``url``, ``tag`` and data config)."""
@@ -284,12 +285,24 @@ def resolve_pretrained(name_or_tag: str) -> tuple[str, WeightsEntry]:
 def label_names(labels: str) -> list[str]:
     """The class names of a label set shipped with visattn: "imagenet1k" (WordNet lemmas, in class index order)
     or "kinetics400"."""
+    return [row.split("\t", 1)[1] if "\t" in row else row for row in _label_rows(labels)]
+
+
+@cache
+def label_ids(labels: str) -> list[str] | None:
+    """The class ids of a label set in class index order (ImageNet's WordNet synsets, ``n01440764``...), or None
+    where the set has names only (kinetics400)."""
+    rows = _label_rows(labels)
+    return [row.split("\t", 1)[0] for row in rows] if all("\t" in row for row in rows) else None
+
+
+@cache
+def _label_rows(labels: str) -> list[str]:
     files = {"imagenet1k": "imagenet1k_labels.txt", "kinetics400": "kinetics400_labels.txt"}
     if labels not in files:
         raise ValueError(f"unknown label set {labels!r}; expected one of {sorted(files)}")
     text = resources.files(__package__).joinpath("data", files[labels]).read_text(encoding="utf-8")
-    rows = [line for line in text.splitlines() if line]
-    return [row.split("\t", 1)[1] if "\t" in row else row for row in rows]
+    return [line for line in text.splitlines() if line]
 
 
 def pool_size(input_size: tuple[int, ...], reduction: int) -> tuple[int, ...]:

@@ -36,6 +36,8 @@ __all__ = [
     "ClassificationData",
     "load_classification_data",
     "read_image",
+    "read_image_as_published",
+    "map_folder_classes",
 ]
 
 log = logging.getLogger("visattn")
@@ -84,6 +86,93 @@ class ImageFileDataset(torch.utils.data.Dataset):
         except Exception as err:  # verified at scan time; a file can still be truncated past its header
             raise DataError(f"cannot decode {self.files[i]} ({err}); remove or replace the file") from err
         return image, int(self.labels[i])
+
+
+_INTERPOLATIONS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}  # PIL codes
+
+
+def read_image_as_published(path: str | os.PathLike, size: int, *, crop_pct: float, crop_mode: str = "center",
+                            interpolation: str = "bicubic") -> Tensor:
+    """Decode an image file with the evaluation preprocessing published with pretrained weights (timm's
+    ``transforms_imagenet_eval``): resize to ``floor(size / crop_pct)`` (``center``: the shorter side, keeping the
+    aspect ratio; ``squash``: both sides), then a centred ``size`` x ``size`` crop. Returns uint8 (3, size, size).
+    """
+    from PIL import Image
+
+    if crop_mode not in ("center", "squash"):
+        raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    rgb = read_image(path)                                             # (3, H, W) uint8
+    im = Image.fromarray(rgb.permute(1, 2, 0).numpy())
+    scale = int(size / crop_pct)                                       # math.floor, as timm
+    w, h = im.size
+    if crop_mode == "squash":
+        new_w, new_h = scale, scale
+    elif w <= h:                                                       # torchvision Resize(int): the shorter side
+        new_w, new_h = scale, int(scale * h / w)
+    else:
+        new_w, new_h = int(scale * w / h), scale
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), _INTERPOLATIONS[interpolation])
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))  # torchvision CenterCrop
+    im = im.crop((left, top, left + size, top + size))
+    data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    return data.view(size, size, 3).permute(2, 0, 1).contiguous()      # (3, size, size)
+
+
+class PublishedEvalDataset(torch.utils.data.Dataset):
+    """Image files decoded on access with :func:`read_image_as_published` (already cropped to the model's size)."""
+
+    def __init__(self, files: Sequence[Path], labels: Sequence[int], size: int, preprocessing: dict[str, Any]):
+        self.files, self.labels, self.size = list(files), torch.tensor(labels, dtype=torch.long), size
+        self.crop = {k: preprocessing[k] for k in ("crop_pct", "crop_mode", "interpolation")}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        try:
+            image = read_image_as_published(self.files[i], self.size, **self.crop)
+        except DataError:
+            raise
+        except Exception as err:  # verified at scan time; a file can still be truncated past its header
+            raise DataError(f"cannot decode {self.files[i]} ({err}); remove or replace the file") from err
+        return image, int(self.labels[i])
+
+
+def map_folder_classes(folders: Sequence[str], classes: Sequence[str], class_ids: Sequence[str] | None = None
+                       ) -> list[int]:
+    """The model's class index of each ImageFolder class folder, matched by class id (an ImageNet WordNet synset
+    such as ``n01440764``), by the full label name (``tench, Tinca tinca``) or by its first name (``tench``),
+    case-insensitively; a name two classes share matches neither.
+
+    Raises:
+        DataError: naming the folders that match no class, with examples of the names that would.
+    """
+    full: dict[str, list[int]] = {}
+    first: dict[str, list[int]] = {}
+    for i, name in enumerate(classes):
+        full.setdefault(name.lower(), []).append(i)
+        first.setdefault(name.split(",")[0].strip().lower(), []).append(i)
+    # a name two classes share (ImageNet's two "crane"s, two "maillot"s) is ambiguous: only their ids match
+    lookup = {name: idx[0] for name, idx in first.items() if len(idx) == 1}
+    lookup.update({name: idx[0] for name, idx in full.items() if len(idx) == 1})
+    lookup.update({cid.lower(): i for i, cid in enumerate(class_ids or [])})
+    out, unknown = [], []
+    for folder in folders:
+        index = lookup.get(folder.lower())
+        if index is None:
+            unknown.append(folder)
+        out.append(-1 if index is None else index)
+    if unknown:
+        examples = ", ".join(repr(n) for n in ([*(class_ids or [])[:2], *classes[:2]]))
+        raise DataError(f"{len(unknown)} class folder(s) match none of the model's {len(classes)} classes: "
+                        f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}; name each folder by a class "
+                        f"id or label name, e.g. {examples} (`visattn list --pretrained` shows the label set)")
+    return out
 
 
 @dataclass

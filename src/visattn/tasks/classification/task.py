@@ -15,9 +15,11 @@ from torch import Tensor, nn
 
 from ...distributed import DistInfo, all_reduce_sum
 from ..augment import apply_crops, center_crops, normalize, sample_crops
-from ..base import EvalContext, PredictRequest, RunSettings, Task
+from ..base import DataError, EvalContext, PredictRequest, RunSettings, Task
 from . import ClassificationOptions
-from .data import IMAGENET_MEAN, IMAGENET_STD, ClassificationData, load_classification_data, read_image
+from .data import (IMAGENET_MEAN, IMAGENET_STD, ClassificationData, DataDefaults, PublishedEvalDataset, _limit,
+                   load_classification_data, map_folder_classes, read_image, read_image_as_published,
+                   scan_image_folder)
 
 __all__ = ["ClassificationTask", "collate", "topk_correct"]
 
@@ -74,6 +76,8 @@ class ClassificationTask(Task):
     @classmethod
     def for_evaluation(cls, meta: dict[str, Any], options: ClassificationOptions, source: str | None = None, *,
                        limit: int | None = None, split: str = "val") -> ClassificationTask:
+        if "weights" in meta and "data" not in meta:
+            return cls._for_published_weights(meta, options, source, limit=limit, split=split)
         saved = meta.get("data", {})
         source = source or saved.get("source")
         if not source:
@@ -93,6 +97,41 @@ class ClassificationTask(Task):
         task = cls(data, img_size=meta.get("img_size"), options=options)
         split_name = "test" if split == "val" and data.source.get("builtin") else split
         task.eval_label = f"{source} {split_name} split"
+        return task
+
+    @classmethod
+    def _for_published_weights(cls, meta: dict[str, Any], options: ClassificationOptions, source: str | None, *,
+                               limit: int | None, split: str) -> ClassificationTask:
+        """Evaluation of published weights (``meta`` from :func:`visattn.checkpoint.load_published_model`) on an
+        ImageFolder whose class folders are named by class id (ImageNet synset) or label name: every image of the
+        folder (or of its ``val/`` / ``train/`` sub-folder), with the publisher's preprocessing."""
+        if not source:
+            raise DataError(f"evaluating the published weights {meta['weights']} needs --data: an ImageFolder "
+                            "directory with one sub-folder per class, named by class id (n01440764) or label name")
+        path = Path(source)
+        if not path.is_dir():
+            raise DataError(f"--data {source}: evaluating published weights needs an ImageFolder directory (one "
+                            "sub-folder per class, named by class id or label name)")
+        if not meta.get("classes"):
+            raise DataError(f"the published weights {meta['weights']} come without label names: their class folders "
+                            "cannot be mapped onto the classifier")
+        names = ("train",) if split == "train" else ("val", "validation", "test")
+        folder = next((path / n for n in names if (path / n).is_dir()), path)
+        files, labels, folders, skipped = scan_image_folder(folder)
+        if skipped:
+            log.warning("skipped %d unreadable or non-image file(s) in %s", skipped, folder)
+        index = map_folder_classes(folders, meta["classes"], meta.get("class_ids"))
+        size = int(meta["img_size"])
+        crop_pct = options.crop_pct or meta["crop_pct"]
+        dataset = _limit(PublishedEvalDataset(files, [index[label] for label in labels], size,
+                                              {**meta, "crop_pct": crop_pct}), limit, seed=2)
+        data = ClassificationData(train=dataset, val=dataset, classes=list(meta["classes"]), defaults=DataDefaults(),
+                                  source={"source": source})
+        # the images arrive cropped to the model's size: the eval crop is the identity
+        task = cls(data, img_size=size, options=ClassificationOptions(crop_pct=1.0, mean=tuple(options.mean or
+                                                                                               meta["mean"]),
+                                                                      std=tuple(options.std or meta["std"])))
+        task.eval_label = f"{folder}, {len(folders)} class folder(s), {meta['weights']} preprocessing"
         return task
 
     @property
@@ -189,7 +228,9 @@ class ClassificationTask(Task):
     @classmethod
     def predict(cls, model: nn.Module, meta: dict[str, Any], options: ClassificationOptions,
                 request: PredictRequest) -> int:
-        """Top-k classes with probabilities of each image file (the model's own preprocessing)."""
+        """Top-k classes with probabilities of each image file (the model's own preprocessing: for published
+        weights, ``meta`` from :func:`visattn.checkpoint.load_published_model`, the publisher's resize, crop and
+        interpolation)."""
         if not request.inputs:
             raise ValueError("no IMAGE given")
         if request.topk < 1:
@@ -199,15 +240,23 @@ class ClassificationTask(Task):
         mean = options.mean or meta.get("mean") or IMAGENET_MEAN
         std = options.std or meta.get("std") or IMAGENET_STD
         classes = meta.get("classes") or [str(i) for i in range(model.config.num_classes)]
+        published = "interpolation" in meta                            # published weights: timm's eval transform
         results, skipped = [], 0
         for path in request.inputs:
             try:
-                image = read_image(path, round(size / crop_pct))[None]     # (1, 3, S, S) uint8
+                if published:
+                    image = read_image_as_published(path, size, crop_pct=crop_pct, crop_mode=meta.get("crop_mode",
+                                                    "center"), interpolation=meta["interpolation"])[None]
+                else:
+                    image = read_image(path, round(size / crop_pct))[None]  # (1, 3, S, S) uint8
             except Exception as err:  # missing, corrupt or non-image file: skip it and say which
                 log.warning("skipping %s: %s", path, err)
                 skipped += 1
                 continue
-            x = normalize(apply_crops(image, center_crops(1, crop_pct), size), mean, std).to(request.device)
+            if published:                                              # already (1, 3, size, size)
+                x = normalize(image.float(), mean, std).to(request.device)
+            else:
+                x = normalize(apply_crops(image, center_crops(1, crop_pct), size), mean, std).to(request.device)
             with torch.no_grad():
                 probs = model(x).float().softmax(-1)[0].cpu()
             top = probs.topk(min(request.topk, len(probs)))
