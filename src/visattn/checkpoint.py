@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "MODEL_META",
     "Checkpoint",
     "atomic_write_bytes",
+    "check_finite",
     "export_model",
     "latest_checkpoint",
     "load_checkpoint",
@@ -459,7 +461,11 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
         cls = get_model_class(saved)
         if meta.get("model_class") not in (None, cls.__name__):
             raise CheckpointError(f"{weights}: saved class {meta['model_class']} is not {cls.__name__}")
-        model = cls(config_from_dict(cls, meta["config"]))
+        try:
+            config = config_from_dict(cls, meta["config"])
+        except (TypeError, ValueError) as err:  # a hand-edited or damaged model.json
+            raise CheckpointError(f"the model config beside {weights}: {err}") from err
+        model = cls(config)
         model.variant_name = saved
     else:
         if not model_name:
@@ -471,4 +477,15 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
     except ValueError as err:
         first = str(err).splitlines()[0].rstrip(":")
         raise CheckpointError(f"{weights}: {first}. Is it a checkpoint of another architecture?") from err
+    check_finite(model.state_dict(), weights)
     return model.eval(), meta
+
+
+def check_finite(state: dict[str, Tensor], source: str | os.PathLike) -> None:
+    """Raise a :class:`CheckpointError` naming the first floating-point tensor of ``state`` holding NaN or inf
+    (a model saved after its training diverged computes only NaN)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                                  f"{tensor.numel()}; the weights are unusable (did the training diverge?)")
