@@ -76,7 +76,7 @@ class GRLConfig:
         check_config(self, positive=("in_chans", "upscale", "embed_dim", "depths", "num_heads_window",
                                      "num_heads_stripe", "window_size", "stripe_size", "stripe_groups",
                                      "anchor_down_factor", "mlp_ratio", "upsample_features", "cpb_hidden", "img_range"),
-                     nonnegative=("drop_rate", "drop_path_rate"))
+                     nonnegative=("rgb_mean", "drop_rate", "drop_path_rate"))
 
 
 class MixedAttention(nn.Module):
