@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +289,7 @@ def load_sharded_state(checkpoint: Checkpoint, *, model: nn.Module, optimizer: t
     state = _sharded_state(model, optimizer, ema)
     if (ema is None) != ("ema" not in _sharded_keys(checkpoint.path / SHARDED_DIR)):
         raise CheckpointError(f"{checkpoint.path}: the run {'had no' if ema is not None else 'had an'} EMA")
-    dcp.load(state, checkpoint_id=checkpoint.path / SHARDED_DIR)
+    dcp.load(state, storage_reader=_metadata_checking_reader(checkpoint.path / SHARDED_DIR))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     if ema is not None:
         set_model_state_dict(ema, state["ema"])
@@ -296,9 +297,55 @@ def load_sharded_state(checkpoint: Checkpoint, *, model: nn.Module, optimizer: t
 
 def _sharded_keys(path: Path) -> set[str]:
     """The top-level names (model, optim, ema) stored in a torch.distributed.checkpoint folder."""
+    return {key.split(".", 1)[0] for key in _metadata_checking_reader(path).read_metadata().state_dict_metadata}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles torch.distributed.checkpoint's ``.metadata`` and nothing else: the only globals it resolves are the
+    dataclasses and enums of ``torch.distributed.checkpoint``, torch dtypes, layouts and ``Size``, paths and
+    ``OrderedDict``. Anything else (a function a malicious file would call) is refused before it runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import dataclasses
+        import enum
+
+        obj = super().find_class(module, name) if module.split(".")[0] in _METADATA_ROOTS else None
+        if module.startswith("torch.distributed.checkpoint.") and isinstance(obj, type) and (
+                dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
+            return obj
+        if module == "torch" and (name == "Size" or isinstance(obj, (torch.dtype, torch.layout,
+                                                                      torch.memory_format))):
+            return obj
+        if (module, name) in _METADATA_GLOBALS:
+            return obj
+        raise pickle.UnpicklingError(f"a sharded checkpoint's .metadata may not reference {module}.{name}")
+
+
+_METADATA_ROOTS = ("torch", "pathlib", "collections")
+_METADATA_GLOBALS = {("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+                     ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict")}
+
+
+def _metadata_checking_reader(path: Path) -> Any:
+    """A torch.distributed.checkpoint ``FileSystemReader`` of ``path`` whose metadata (a pickle) is first read by
+    :class:`_MetadataUnpickler`: a file referencing anything else raises a :class:`CheckpointError` unrun."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    return {key.split(".", 1)[0] for key in FileSystemReader(path).read_metadata().state_dict_metadata}
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            rank = kwargs.get("rank")
+            name = ".metadata" if rank is None else f"__{rank}.metadata"
+            try:
+                with open(Path(path) / name, "rb") as f:
+                    _MetadataUnpickler(f).load()
+            except FileNotFoundError:
+                raise CheckpointError(f"missing {Path(path) / name}") from None
+            except Exception as err:  # a refused global, or not a pickle at all
+                raise CheckpointError(f"{Path(path) / name} is not a torch.distributed.checkpoint metadata file "
+                                      f"({err})") from None
+            return super().read_metadata(*args, **kwargs)
+
+    return Reader(path)
 
 
 def _kill_point(name: str) -> None:
