@@ -174,3 +174,35 @@ def test_convert_removes_its_output_when_verification_fails(tmp_path: Path, monk
     monkeypatch.setattr(safetensors.torch, "load_file", real)
     assert main(["convert", str(source), "--model", "maxvit_tiny", *TINY_SET, "--out", str(out)]) == 0
     assert out.exists() and out.with_suffix(".json").exists()
+
+
+class _Payload:
+    """Unpickling this creates the file ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.marker, "w"))
+
+
+def test_sharded_checkpoint_metadata_runs_no_pickled_code(tmp_path: Path) -> None:
+    import pickle
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from visattn.checkpoint import _sharded_keys
+
+    folder = tmp_path / "sharded"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                              # "assuming a single process"
+        dcp.save({"model": {"w": torch.randn(3, 4), "b": torch.zeros(2, dtype=torch.bfloat16)}},
+                 checkpoint_id=folder, no_dist=True)
+    assert _sharded_keys(folder) == {"model"}                         # a genuine metadata file reads
+    marker = tmp_path / "marker"
+    with open(folder / ".metadata", "wb") as f:
+        pickle.dump(_Payload(marker), f)
+    with pytest.raises(CheckpointError, match=r"\.metadata is not a torch.distributed.checkpoint metadata file"):
+        _sharded_keys(folder)
+    assert not marker.exists()

@@ -200,6 +200,7 @@ def main() -> None:
             outcome = trial(folder, marker)
         except Exception as err:  # noqa: BLE001 - the harness itself failed: say so
             outcome = f"harness error: {type(err).__name__}: {err}"
+        outcome = outcome.replace(str(work), "$TMP")
         rows.append({"entry point": name, "pickled code ran": marker.exists(), "outcome": outcome})
         print(f"{name}: ran={marker.exists()} {outcome}", flush=True)
     print()
