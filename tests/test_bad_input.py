@@ -95,6 +95,9 @@ def test_cli_set_zero_and_bad_sizes_are_one_line_errors(capsys: pytest.CaptureFi
         (["info", "maxvit_tiny", "--set", "num_classes=-1"], "MaxViTConfig.num_classes must be"),
         (["bench", "--model", "maxvit_tiny", "--sizes=-32"], "bad size '-32': height and width must be positive"),
         (["bench", "--attention", "multi_axis", "--sizes", "32,0x16"], "bad size '0x16'"),
+        (["bench", "--model", "maxvit_tiny", "--sizes", "32", "--iters", "0"], "--iters must be at least 1, got 0"),
+        (["export", "maxvit_tiny", "--out", "x.txt"], "--out must end in .onnx for --format onnx, got x.txt"),
+        (["train", "--model", "maxvit_tiny", "--threads", "0"], "--threads must be positive, got 0"),
     ):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err.strip()

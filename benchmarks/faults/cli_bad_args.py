@@ -46,11 +46,14 @@ def _fixtures(folder: Path) -> dict[str, str]:
     bad_meta = json.loads(typed.with_suffix(".json").read_text())
     bad_meta["config"]["dims"] = "8,16,16,16"
     typed.with_suffix(".json").write_text(json.dumps(bad_meta))
+    grl_cls = visattn.registry.get_model_class("grl_tiny")
+    grl = visattn.create_model("grl_tiny", **grl_cls.test_overrides)
+    restoration = export_model(folder / "grl", grl.state_dict(), model_meta(grl, task="sr"))
     Image.new("RGB", (40, 40), (1, 2, 3)).save(folder / "img.png")
     (folder / "notes.txt").write_text("not an image")
     torch.save({"w": torch.zeros(2)}, folder / "other.pth")
     return {"GOOD": str(good), "TRUNC": str(truncated), "NAN": str(nan), "TYPED": str(typed),
-            "IMG": str(folder / "img.png"), "TXT": str(folder / "notes.txt"), "PTH": str(folder / "other.pth"),
+            "GRL": str(restoration), "IMG": str(folder / "img.png"), "TXT": str(folder / "notes.txt"), "PTH": str(folder / "other.pth"),
             "DIR": str(folder)}
 
 
@@ -83,18 +86,27 @@ CASES: list[list[str]] = [
     ["convert", "GOOD", "--model", "maxvit_tiny", "--out", "DIR/x.bin"],
     # bench / info / export / show / restore / list
     ["bench", "--model", "maxvit_tiny", "--sizes=-32"], ["bench", "--model", "maxvit_tiny", "--sizes", "0"],
-    ["bench", "--model", "maxvit_tiny", "--sizes", "abc"], ["bench", "--model", "maxvit_tiny", "--batch-size", "0"],
-    ["bench", "--model", "maxvit_tiny", "--iters", "0"], ["bench", "--model", "nosuch"], ["bench"],
-    ["bench", "--attention", "nosuch"], ["bench", "--model", "maxvit_tiny", "--set", "head_dim=0"],
+    ["bench", "--model", "maxvit_tiny", "--sizes", "abc"],
+    ["bench", "--model", "maxvit_tiny", "--sizes", "32", "--batch-size", "0"],
+    ["bench", "--model", "maxvit_tiny", "--sizes", "32", "--iters", "0"],
+    ["bench", "--model", "maxvit_tiny", "--sizes", "32", "--warmup", "-1"], ["bench", "--model", "nosuch"], ["bench"],
+    ["bench", "--attention", "nosuch"], ["bench", "--model", "maxvit_tiny", "--sizes", "32", "--set", "head_dim=0"],
+    ["bench", "--attention", "multi_axis", "--sizes", "16", "--set", "dim=-8"],
     ["info", "nosuch"], ["info", "maxvit_tiny", "--set", "head_dim=0"], ["info", "maxvit_tiny", "--sizes=-1"],
     ["info", "maxvit_tiny", "--set", "depths=1,x"],
     ["export", "maxvit_tiny", "--out", "DIR/x.onnx", "--size", "0"], ["export", "nosuch", "--out", "DIR/x.onnx"],
-    ["export", "maxvit_tiny", "--out", "DIR/x.txt"], ["export", "maxvit_tiny", "--checkpoint", "NAN", "--out",
+    ["export", "maxvit_tiny", "--out", "DIR/x.txt"], ["export", "maxvit_tiny", "--format", "torch-export", "--out",
+                                                      "DIR/x.onnx"], ["export", "maxvit_tiny", "--checkpoint", "NAN", "--out",
                                                       "DIR/y.onnx"],
     ["show", "partition", "--size", "0"], ["show", "partition", "--partition-size", "0"],
     ["show", "partition", "--size", "abc"], ["show", "attention", "--checkpoint", "NAN"],
     ["restore", "IMG", "--checkpoint", "DIR/absent"], ["restore", "IMG", "--checkpoint", "GOOD"],
-    ["restore", "DIR/absent.png", "--checkpoint", "GOOD"], ["restore", "IMG", "--checkpoint", "GOOD", "--tile", "-1"],
+    ["restore", "DIR/absent.png", "--checkpoint", "GRL"], ["restore", "IMG", "--checkpoint", "GRL", "--tile", "-1"],
+    ["restore", "IMG", "--checkpoint", "GRL", "--tile-overlap", "-5"], ["restore", "IMG", "--checkpoint", "GRL",
+                                                                         "--tile", "16", "--tile-overlap", "16"],
+    ["restore", "IMG", "--checkpoint", "GRL", "--scale", "0"], ["restore", "IMG", "--checkpoint", "GRL", "--ext",
+                                                                 ".xyz", "--out", "DIR/restored"],
+    ["restore", "TXT", "--checkpoint", "GRL", "--out", "DIR/restored"],
     ["list", "--nosuch"], ["nosuch"],
 ]
 

@@ -142,7 +142,7 @@ def validate_config(cfg: TrainConfig) -> None:
          (cfg.save_every, cfg.log_every))
     for flag, value in (("--train-limit", cfg.train_limit), ("--val-limit", cfg.val_limit),
                         ("--eval-batch-size", cfg.eval_batch_size), ("--workers", cfg.workers or 0),
-                        ("--threads", cfg.threads or 1)):
+                        ("--threads", cfg.threads)):
         need(value is None or value >= (0 if flag == "--workers" else 1), flag, "positive", value)
 
 

@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from ._common import parse_overrides, parse_sizes
 
     log = logging.getLogger("visattn")
+    suffix = {"onnx": ".onnx", "torch-export": ".pt2"}[args.format]
+    if Path(args.out).suffix != suffix:
+        raise ValueError(f"--out must end in {suffix} for --format {args.format}, got {args.out}")
     overrides = parse_overrides(args.overrides)
     if args.checkpoint:
         model, _ = load_model(args.checkpoint, model_name=args.name, overrides=overrides)
