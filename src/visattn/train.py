@@ -499,7 +499,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
               f"{f', from step {step}' if ckpt else ''}", flush=True)
 
     # --- the loop ---------------------------------------------------------------------------------------------
-    eval_row: dict[str, Any] = {}
+    # a run resumed from its last checkpoint (killed while writing the final model) reports that epoch's metrics
+    eval_row: dict[str, Any] = dict(ckpt.train_meta.get("eval") or {}) if ckpt else {}
     result: dict[str, Any] = {}
     for epoch in range(step // steps_per_epoch, cfg.epochs):
         first = step - epoch * steps_per_epoch                         # > 0 when resuming inside this epoch
