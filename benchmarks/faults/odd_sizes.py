@@ -1,7 +1,8 @@
 """Odd-sized inputs through every registered model and attention module (fp32): no crash, no leak across samples.
 
 For each model family (its reduced ``test_overrides`` config, eval mode) and each attention module
-(``example_kwargs``), at random odd, non-square sizes from the minimum up (every size needs padding somewhere),
+(``example_kwargs``), at random odd, non-square sizes (models: from the minimum to 3 x minimum + 7; attention: 1 to 41, several windows
+with a padded remainder),
 a batch of 3 is checked for:
 
 * no crash: the forward runs, or raises a ``ValueError`` (a clear refusal; counted apart);
@@ -25,10 +26,11 @@ import time
 from _common import print_table
 
 
-def _sizes(low: int, count: int, rng: random.Random) -> list[tuple[int, int]]:
+def _sizes(low: int, high: int, count: int, rng: random.Random) -> list[tuple[int, int]]:
+    """``count`` distinct odd, non-square (H, W) in [low, high]."""
     out = []
     while len(out) < count:
-        h, w = rng.randint(low, 3 * low + 7) | 1, rng.randint(low, 3 * low + 7) | 1   # odd
+        h, w = rng.randint(low, high) | 1, rng.randint(low, high) | 1
         if h != w and (h, w) not in out:
             out.append((h, w))
     return out
@@ -96,7 +98,7 @@ def main() -> None:
         if args.only and args.only not in name:
             continue
         model = visattn.create_model(name, **cls.test_overrides).eval()
-        for size in _sizes(cls.min_input_size, args.sizes, rng):
+        for size in _sizes(cls.min_input_size, 3 * cls.min_input_size + 7, args.sizes, rng):
             inputs = model.example_inputs(3, size)
             shape = (tuple(model.output_shape(tuple(inputs[0].shape))) if hasattr(model, "output_shape")
                      else (3, model.config.num_classes))
@@ -110,7 +112,7 @@ def main() -> None:
         module = visattn.create_attention(name, **kwargs).eval()
         shape_fn = getattr(cls, "example_input_shape", None)
         base = shape_fn() if shape_fn is not None else (2, kwargs["dim"], 13, 21)
-        for size in _sizes(1, args.sizes, rng):
+        for size in _sizes(1, 41, args.sizes, rng):           # windows of 2 to 8 in example_kwargs
             x = torch.randn(3, *base[1:-2], *size)
             shape = (tuple(module.output_shape(tuple(x.shape))) if hasattr(module, "output_shape")
                      else (3, getattr(module, "dim_out", None) or module.dim, *x.shape[2:]))
