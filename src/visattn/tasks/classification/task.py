@@ -2,9 +2,9 @@
 top-1 / top-5 accuracy and a confusion matrix; ``visattn predict`` prints the top-k classes of image files.
 
 Unreadable images (files that pass the folder scan and fail to decode, see ``data.py``) are skipped and counted:
-in training a readable image stands in for each (the batch keeps its size), a warning names each file once, the
-epoch's line says how many were skipped, and more than ``max_bad_fraction`` of the training set stops the run
-with the files' names; evaluation leaves them out and reports ``val_skipped``.
+in training a readable image stands in for each (the batch keeps its size), a warning names each file once, a
+warning at the end of each epoch says how many were skipped and which, and more than ``max_bad_fraction`` of the
+training set stops the run with the files' names; evaluation leaves them out and reports ``val_skipped``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from torch import Tensor, nn
 
 from ...distributed import DistInfo, all_reduce_sum
 from ..augment import apply_crops, center_crops, normalize, sample_crops
-from ..base import EvalContext, PredictRequest, RunSettings, Task
+from ..base import DataError, EvalContext, PredictRequest, RunSettings, Task
 from . import ClassificationOptions
-from ..base import DataError
 from .data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -143,8 +142,8 @@ class ClassificationTask(Task):
 
     def augment(self, batch: tuple[Tensor, Tensor, tuple[Unreadable, ...]], generator: torch.Generator,
                 global_batch: int, offset: int) -> tuple[Tensor, Tensor]:
-        """Random resized crop + flip of this process's slice [offset, offset + B) of a global batch (and the count
-        of the unreadable files it skipped)."""
+        """Random resized crop + flip of this process's slice [offset, offset + B) of a global batch; the
+        unreadable files its items stand in for are counted against ``max_bad_fraction``."""
         images, targets, unreadable = batch
         if unreadable:
             self._count_unreadable(unreadable)
