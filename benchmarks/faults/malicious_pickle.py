@@ -72,7 +72,7 @@ def _api(call: Callable[[Path], object]) -> Callable[[Path, Path], str]:
         try:
             call(write_torch_pickle(folder / "evil.pth", marker))
         except Exception as err:  # noqa: BLE001 - refused: the outcome we want, recorded
-            return f"refused: {type(err).__name__}: {str(err).splitlines()[0][:90]}"
+            return f"refused: {type(err).__name__}: {str(err).splitlines()[0]}"
         return "accepted"
     return trial
 
@@ -85,7 +85,7 @@ def _suffix(suffix: str) -> Callable[[Path, Path], str]:
         try:
             load_pretrained(_tiny_model(), path)
         except Exception as err:  # noqa: BLE001
-            return f"refused: {type(err).__name__}: {str(err).splitlines()[0][:90]}"
+            return f"refused: {type(err).__name__}: {str(err).splitlines()[0]}"
         return "accepted"
     return trial
 
@@ -104,7 +104,7 @@ def _cli(*args: str, fresh_process: bool = False, file: str = "evil.pth",
             if escaped is not None:
                 return f"traceback: {type(escaped).__name__}"
         last = [line for line in err.splitlines() if line.strip()][-1:] or [""]
-        return f"exit {status}: {last[0][:100]}"
+        return f"exit {status}: {last[0]}"
     return trial
 
 
@@ -118,7 +118,7 @@ def _resume_replaced_checkpoint(folder: Path, marker: Path) -> str:
     for name in ("model.safetensors", "train_state.safetensors"):
         write_torch_pickle(latest / name, marker)
     proc = run_cli("train", "--resume", str(run))
-    return f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1][:100]}"
+    return f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1]}"
 
 
 def _resume_sharded_metadata(folder: Path, marker: Path) -> str:
@@ -127,12 +127,12 @@ def _resume_sharded_metadata(folder: Path, marker: Path) -> str:
     run = folder / "run"
     proc = run_cli("train", *TRAIN, "--fsdp", "--out", str(run), "--device", "cpu")
     if proc.returncode != 0:
-        return f"(could not make an --fsdp run here: {proc.stderr.strip().splitlines()[-1][:80]})"
+        return f"(could not make an --fsdp run here: {proc.stderr.strip().splitlines()[-1]})"
     latest = latest_checkpoint(run)
     write_plain_pickle(latest / "sharded" / ".metadata", marker)
     (run / "model.safetensors").unlink()                       # so that the run is not finished
     proc = run_cli("train", "--resume", str(run), "--epochs", "2")
-    return f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1][:100]}"
+    return f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1]}"
 
 
 def _file_url(folder: Path, marker: Path) -> str:
@@ -143,7 +143,7 @@ def _file_url(folder: Path, marker: Path) -> str:
     try:
         load_pretrained(_tiny_model(), path.as_uri())
     except Exception as err:  # noqa: BLE001
-        return f"refused: {type(err).__name__}: {str(err).splitlines()[0][:90]}"
+        return f"refused: {type(err).__name__}: {str(err).splitlines()[0]}"
     return "accepted"
 
 
@@ -200,7 +200,7 @@ def main() -> None:
             outcome = trial(folder, marker)
         except Exception as err:  # noqa: BLE001 - the harness itself failed: say so
             outcome = f"harness error: {type(err).__name__}: {err}"
-        outcome = outcome.replace(str(work), "$TMP")
+        outcome = outcome.replace(str(work), "$TMP")[:110]
         rows.append({"entry point": name, "pickled code ran": marker.exists(), "outcome": outcome})
         print(f"{name}: ran={marker.exists()} {outcome}", flush=True)
     print()

@@ -519,8 +519,14 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
             raise CheckpointError(f"{weights} has no visattn metadata ({MODEL_META}); pass --model NAME")
         model = create_model(model_name, **(overrides or {}))
         meta = {}
+    from .weights.load import read_state_dict
+
     try:
-        load_pretrained(model, weights)
+        state = read_state_dict(weights)                             # a damaged file: its own message, with the path
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    try:
+        load_pretrained(model, state)
     except ValueError as err:
         first = str(err).splitlines()[0].rstrip(":")
         raise CheckpointError(f"{weights}: {first}. Is it a checkpoint of another architecture?") from err
