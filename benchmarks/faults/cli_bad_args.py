@@ -20,7 +20,7 @@ from pathlib import Path
 from _common import TINY_MODEL, print_table, run_cli_here
 
 TRAIN = [*TINY_MODEL, "--data", "digits", "--train-limit", "32", "--val-limit", "16", "--batch-size", "16",
-         "--epochs", "1", "--threads", "1"]
+         "--epochs", "1", "--threads", "1", "--out", "DIR/run"]   # a command line that trains writes there
 
 
 def _fixtures(folder: Path) -> dict[str, str]:
