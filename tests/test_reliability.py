@@ -24,7 +24,7 @@ from visattn.checkpoint import (
 from visattn.cli import main
 from visattn.train import DivergenceGuard
 
-from .test_cli_train import TINY_MODEL, visattn
+from .test_cli_train import TINY_MODEL, _same_tensors, tiny_run, visattn  # noqa: F401 (fixture)
 
 # 3 steps per epoch; every step checkpointed
 BASE = [*TINY_MODEL, "--data", "digits", "--train-limit", "48", "--val-limit", "24", "--batch-size", "16",
@@ -180,3 +180,17 @@ def test_bad_settings_are_refused_before_anything_is_written(flags: list[str], m
     assert main(["train", *TINY_MODEL, "--data", "digits", "--epochs", "1", *flags, "--out", str(run)]) == 1
     assert message in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_killed_while_writing_the_final_model_resumes_to_the_same_result(tiny_run: Path, tmp_path: Path) -> None:
+    # every epoch done and checkpointed, then killed before model.safetensors / summary.json were written
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("model.safetensors", "model.json", "summary.json"):
+        (run / name).unlink()
+    visattn("train", "--resume", str(run))
+    assert _same_tensors(run / "model.safetensors", tiny_run / "model.safetensors") == []
+    timing = ("out", "img_per_s", "epoch_time_s")
+    resumed, uninterrupted = (json.loads((r / "summary.json").read_text()) for r in (run, tiny_run))
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in uninterrupted.items()
+                                                                     if k not in timing}

@@ -30,11 +30,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "MODEL_META",
     "Checkpoint",
     "atomic_write_bytes",
+    "check_finite",
     "export_model",
     "latest_checkpoint",
     "load_checkpoint",
@@ -287,7 +290,7 @@ def load_sharded_state(checkpoint: Checkpoint, *, model: nn.Module, optimizer: t
     state = _sharded_state(model, optimizer, ema)
     if (ema is None) != ("ema" not in _sharded_keys(checkpoint.path / SHARDED_DIR)):
         raise CheckpointError(f"{checkpoint.path}: the run {'had no' if ema is not None else 'had an'} EMA")
-    dcp.load(state, checkpoint_id=checkpoint.path / SHARDED_DIR)
+    dcp.load(state, storage_reader=_metadata_checking_reader(checkpoint.path / SHARDED_DIR))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     if ema is not None:
         set_model_state_dict(ema, state["ema"])
@@ -295,9 +298,55 @@ def load_sharded_state(checkpoint: Checkpoint, *, model: nn.Module, optimizer: t
 
 def _sharded_keys(path: Path) -> set[str]:
     """The top-level names (model, optim, ema) stored in a torch.distributed.checkpoint folder."""
+    return {key.split(".", 1)[0] for key in _metadata_checking_reader(path).read_metadata().state_dict_metadata}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles torch.distributed.checkpoint's ``.metadata`` and nothing else: the only globals it resolves are the
+    dataclasses and enums of ``torch.distributed.checkpoint``, torch dtypes, layouts and ``Size``, paths and
+    ``OrderedDict``. Anything else (a function a malicious file would call) is refused before it runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import dataclasses
+        import enum
+
+        obj = super().find_class(module, name) if module.split(".")[0] in _METADATA_ROOTS else None
+        if module.startswith("torch.distributed.checkpoint.") and isinstance(obj, type) and (
+                dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
+            return obj
+        if module == "torch" and (name == "Size" or isinstance(obj, (torch.dtype, torch.layout,
+                                                                      torch.memory_format))):
+            return obj
+        if (module, name) in _METADATA_GLOBALS:
+            return obj
+        raise pickle.UnpicklingError(f"a sharded checkpoint's .metadata may not reference {module}.{name}")
+
+
+_METADATA_ROOTS = ("torch", "pathlib", "collections")
+_METADATA_GLOBALS = {("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+                     ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict")}
+
+
+def _metadata_checking_reader(path: Path) -> Any:
+    """A torch.distributed.checkpoint ``FileSystemReader`` of ``path`` whose metadata (a pickle) is first read by
+    :class:`_MetadataUnpickler`: a file referencing anything else raises a :class:`CheckpointError` unrun."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    return {key.split(".", 1)[0] for key in FileSystemReader(path).read_metadata().state_dict_metadata}
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            rank = kwargs.get("rank")
+            name = ".metadata" if rank is None else f"__{rank}.metadata"
+            try:
+                with open(Path(path) / name, "rb") as f:
+                    _MetadataUnpickler(f).load()
+            except FileNotFoundError:
+                raise CheckpointError(f"missing {Path(path) / name}") from None
+            except Exception as err:  # a refused global, or not a pickle at all
+                raise CheckpointError(f"{Path(path) / name} is not a torch.distributed.checkpoint metadata file "
+                                      f"({err})") from None
+            return super().read_metadata(*args, **kwargs)
+
+    return Reader(path)
 
 
 def _kill_point(name: str) -> None:
@@ -461,21 +510,32 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
         cls = get_model_class(saved)
         if meta.get("model_class") not in (None, cls.__name__):
             raise CheckpointError(f"{weights}: saved class {meta['model_class']} is not {cls.__name__}")
-        model = cls(config_from_dict(cls, meta["config"]))
+        try:
+            config = config_from_dict(cls, meta["config"])
+        except (TypeError, ValueError) as err:  # a hand-edited or damaged model.json
+            raise CheckpointError(f"the model config beside {weights}: {err}") from err
+        model = cls(config)
         model.variant_name = saved
     else:
         if not model_name:
             raise CheckpointError(f"{weights} has no visattn metadata ({MODEL_META}); pass --model NAME")
         model = create_model(model_name, **(overrides or {}))
         meta = {}
+    from .weights.load import read_state_dict
+
     try:
-        load_pretrained(model, weights)
+        state = read_state_dict(weights)                             # a damaged file: its own message, with the path
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    try:
+        load_pretrained(model, state)
     except ArchitectureMismatchError as err:
         raise CheckpointError(f"{weights} holds a {err.found} model, not {model.variant_name}; pass --model "
                               f"{err.found}") from err
     except ValueError as err:
         first = str(err).splitlines()[0].rstrip(":")
         raise CheckpointError(f"{weights}: {first}. Is it a checkpoint of another architecture?") from err
+    check_finite(model.state_dict(), weights)
     return model.eval(), meta
 
 
@@ -514,3 +574,12 @@ def load_published_model(name: str, *, overrides: dict[str, Any] | None = None) 
             meta["class_ids"] = pre["label_ids"]
     return model.eval(), meta
 
+
+def check_finite(state: dict[str, Tensor], source: str | os.PathLike) -> None:
+    """Raise a :class:`CheckpointError` naming the first floating-point tensor of ``state`` holding NaN or inf
+    (a model saved after its training diverged computes only NaN)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                                  f"{tensor.numel()}; the weights are unusable (did the training diverge?)")

@@ -142,7 +142,7 @@ def validate_config(cfg: TrainConfig) -> None:
          (cfg.save_every, cfg.log_every))
     for flag, value in (("--train-limit", cfg.train_limit), ("--val-limit", cfg.val_limit),
                         ("--eval-batch-size", cfg.eval_batch_size), ("--workers", cfg.workers or 0),
-                        ("--threads", cfg.threads or 1)):
+                        ("--threads", cfg.threads)):
         need(value is None or value >= (0 if flag == "--workers" else 1), flag, "positive", value)
 
 
@@ -521,7 +521,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
               f"{f', from step {step}' if ckpt else ''}", flush=True)
 
     # --- the loop ---------------------------------------------------------------------------------------------
-    eval_row: dict[str, Any] = {}
+    # a run resumed from its last checkpoint (killed while writing the final model) reports that epoch's metrics
+    eval_row: dict[str, Any] = dict(ckpt.train_meta.get("eval") or {}) if ckpt else {}
     result: dict[str, Any] = {}
     for epoch in range(step // steps_per_epoch, cfg.epochs):
         first = step - epoch * steps_per_epoch                         # > 0 when resuming inside this epoch

@@ -44,9 +44,12 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
             continue
         h, _, w = part.partition("x")
         try:
-            sizes.append((int(h), int(w or h)))
+            size = (int(h), int(w or h))
         except ValueError:
             raise ValueError(f"bad size {part!r}: use N or HxW, comma separated (e.g. 32,64,96x128)") from None
+        if min(size) < 1:
+            raise ValueError(f"bad size {part!r}: height and width must be positive numbers of pixels")
+        sizes.append(size)
     if not sizes:
         raise ValueError("no sizes given")
     return sizes

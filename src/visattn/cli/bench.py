@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model and not args.attention:
         raise ValueError("nothing to measure: pass --model NAME and/or --attention NAME")
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--iters", args.iters, 1),
+                             ("--warmup", args.warmup, 0), ("--max-seconds", args.max_seconds, 1e-9)):
+        if not value >= low:
+            raise ValueError(f"{flag} must be {'at least 1' if low == 1 else '>= 0' if low == 0 else 'positive'}, "
+                             f"got {value}")
     device = apply_runtime(args)
     sizes = parse_sizes(args.sizes)
     overrides = parse_overrides(args.overrides)

@@ -91,11 +91,16 @@ def run(args: argparse.Namespace) -> int:
     meta = model_meta(model, task="classification", classes=classes, img_size=args.img_size,
                       crop_pct=crop_pct, mean=mean, std=std, converted_from=str(src))
     weights = export_model(out.parent, model.state_dict(), meta, stem=out.name[: -len(".safetensors")])
-    written = load_file(weights)
     own = model.state_dict()
-    bad = [k for k in own if k not in written or not torch.equal(written[k], own[k].cpu())]
-    if bad or len(written) != len(own):
-        raise RuntimeError(f"verification of {weights} failed: {bad[:5]}")
+    try:
+        written = load_file(weights)
+        bad = [k for k in own if k not in written or not torch.equal(written[k], own[k].cpu())]
+        if bad or len(written) != len(own):
+            raise RuntimeError(f"verification of {weights} failed: {bad[:5]} differ from the converted model")
+    except BaseException:  # no unverified output is left behind to be mistaken for a good conversion
+        weights.unlink(missing_ok=True)
+        weights.with_suffix(".json").unlink(missing_ok=True)
+        raise
     n = sum(p.numel() for p in model.parameters())
     print(f"converted {src} -> {weights} (+ {weights.with_suffix('.json').name}): {args.model}, "
           f"{len(own)} tensors, {n:,} parameters, {model.config.num_classes} classes; verified")

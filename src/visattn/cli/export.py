@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from ._common import parse_overrides, parse_sizes
 
     log = logging.getLogger("visattn")
+    suffix = {"onnx": ".onnx", "torch-export": ".pt2"}[args.format]
+    if Path(args.out).suffix != suffix:
+        raise ValueError(f"--out must end in {suffix} for --format {args.format}, got {args.out}")
     overrides = parse_overrides(args.overrides)
     out = Path(args.out)
     log.info("building %s%s", args.name, f" from {args.checkpoint}" if args.checkpoint else " (random weights)")

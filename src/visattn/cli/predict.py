@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ._common import apply_runtime, task_options_given
     from .eval import _task_of_model, load_model_from_args
 
+    if args.topk < 1:
+        raise ValueError(f"--topk must be at least 1, got {args.topk}")
     device = apply_runtime(args)
     model, meta = load_model_from_args(args)
     name = args.task or meta.get("task") or _task_of_model(model)

@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     min_size = getattr(type(model), "min_input_size", 1)
     if args.tile and args.tile < min_size:
         raise ValueError(f"--tile {args.tile} is smaller than the model's minimum input {min_size}")
+    if args.tile and not 0 <= args.tile_overlap < args.tile:
+        raise ValueError(f"--tile-overlap must be >= 0 and less than --tile {args.tile}, got {args.tile_overlap}")
     suffix = args.suffix or degradation.output_suffix
     ext = args.ext if args.ext.startswith(".") else "." + args.ext
     show = sys.stderr.isatty() if args.progress is None else args.progress

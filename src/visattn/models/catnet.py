@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.cross_masked import CrossMaskedAttention
-from ..layers.checks import check_image
+from ..layers.checks import check_config, check_image
 from ..layers.mlp import Mlp
 from ..layers.model import VisionModel, call_block, random_tensor
 from ..layers.partition import is_symbolic, symbolic_reshape
@@ -95,6 +95,10 @@ class CATNetConfig:
     prototype_only: bool = False                 # baseline: MAP + cosine on the mid-level features
     norm_eps: float = 1e-5
     bn_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("in_chans", "depths", "widths", "stem_width", "output_stride", "dim", "num_iters",
+                                     "num_heads", "mlp_ratio", "proto_scale", "norm_eps", "bn_eps"))
 
 
 def masked_average(feats: Tensor, mask: Tensor, eps: float = 1e-5) -> Tensor:

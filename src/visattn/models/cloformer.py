@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ..attention.attn_conv import CloAttention
 from ..layers.backbone import ClassifierBackbone
+from ..layers.checks import check_config
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.model import run_blocks
 from ..registry import register_models
@@ -69,6 +70,11 @@ class CloFormerConfig:
     attn_drop: float = 0.0
     drop_rate: float = 0.0  # official ``mlp_drop``: dropout in the ConvFFN and after the attention projection
     drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("in_chans", "dims", "depths", "num_heads", "kernel_sizes", "window_sizes",
+                                     "mlp_kernel_sizes", "mlp_ratios", "max_kv_grids"),
+                     nonnegative=("num_classes", "group_splits", "attn_drop", "drop_rate", "drop_path_rate"))
 
 
 def _group_norm(dim: int) -> nn.GroupNorm:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..attention.channel_group import ChannelGroupAttention
 from ..attention.spatial_window import SpatialWindowAttention
 from ..layers.backbone import ClassifierBackbone
+from ..layers.checks import check_config
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
@@ -61,6 +62,10 @@ class DaViTConfig:
     mask_padding: bool = True  # False: padded tokens act as keys, exactly as in timm / the official code
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("in_chans", "dims", "depths", "num_heads", "window_size", "mlp_ratio", "norm_eps"),
+                     nonnegative=("num_classes", "drop_rate", "drop_path_rate"))
 
 
 class ConvPosEnc(nn.Module):

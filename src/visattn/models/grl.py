@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ..attention.anchored_stripe import AnchoredStripeCore, AnchorProjection
 from ..attention.window_v2 import ShiftedWindowCosineAttention
 from ..layers.conv import SqueezeExcite
+from ..layers.checks import check_config
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.mlp import Mlp
 from ..layers.model import VisionModel, init_trunc_normal_, run_blocks
@@ -70,6 +71,12 @@ class GRLConfig:
     qkv_bias: bool = True
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1  # official default ("no impact on SR results")
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("in_chans", "upscale", "embed_dim", "depths", "num_heads_window",
+                                     "num_heads_stripe", "window_size", "stripe_size", "stripe_groups",
+                                     "anchor_down_factor", "mlp_ratio", "upsample_features", "cpb_hidden", "img_range"),
+                     nonnegative=("rgb_mean", "drop_rate", "drop_path_rate"))
 
 
 class MixedAttention(nn.Module):

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..attention.multi_axis import PartitionAttention
 from ..layers.backbone import ClassifierBackbone
 from ..layers.conv import MBConv, SameConv2d, same_padding
+from ..layers.checks import check_config
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import conv_act, fast_inference
 from ..layers.mlp import Mlp
@@ -60,6 +61,11 @@ class MaxViTConfig:
     ln_eps: float = 1e-5
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("in_chans", "stem_width", "dims", "depths", "head_dim", "partition_size",
+                                     "mlp_ratio", "expand_ratio", "head_hidden_size", "bn_eps", "ln_eps"),
+                     nonnegative=("num_classes", "se_ratio", "drop_rate", "drop_path_rate"))
 
 
 def _gelu_tanh() -> nn.Module:

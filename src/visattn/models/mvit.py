@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..attention.pooling import PoolingAttention
 from ..layers.backbone import ClassifierBackbone
+from ..layers.checks import check_config
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.fused import fast_inference
 from ..layers.mlp import Mlp
@@ -86,6 +87,12 @@ class MViTConfig:
     norm_eps: float = 1e-6
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("in_chans", "img_size", "patch_kernel", "patch_stride", "dims", "depths",
+                                     "num_heads", "mlp_ratio", "pool_kernel", "stride_q", "stride_kv_adaptive",
+                                     "norm_eps"),
+                     nonnegative=("num_classes", "patch_padding", "drop_rate", "drop_path_rate"))
 
 
 def _stage_plan(config: MViTConfig) -> list[dict[str, Any]]:

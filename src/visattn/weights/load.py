@@ -48,7 +48,10 @@ def read_state_dict(checkpoint: str | os.PathLike | Mapping[str, Tensor]) -> dic
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path), device="cpu")
+            try:
+                state = load_file(str(path), device="cpu")
+            except Exception as err:  # truncated, or not a safetensors file: SafetensorError names no path
+                raise ValueError(f"{path} is not a readable safetensors file ({err})") from None
         elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)

@@ -19,6 +19,9 @@ class ClassificationOptions:
     mean: tuple[float, ...] | None = field(default=None, metadata={"nargs": 3, "help": "normalisation mean"})
     std: tuple[float, ...] | None = field(default=None, metadata={"nargs": 3, "help": "normalisation std"})
     label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy label smoothing (default 0.1)"})
+    max_bad_fraction: float = field(default=0.01, metadata={
+        "help": "stop training once more than this fraction of the training images failed to decode "
+                "(default 0.01; unreadable images are skipped and counted up to it)"})
 
 
 register_task("classification", "visattn.tasks.classification.task:ClassificationTask",

@@ -11,6 +11,13 @@ Data sources (``--data``):
 
 Images are stored as uint8 (3, S, S) tensors, S = img_size / crop_pct; a training batch gets a random resized crop
 and flip (``tasks/augment.py``), evaluation a centre crop of ``crop_pct``.
+
+Files of an ImageFolder are checked when the folder is scanned (headers and chunks) and decoded when a batch needs
+them. A file that passes the scan and still fails to decode (a JPEG truncated past its header) does not stop the
+run: a dataset item carries the files it could not read (:class:`Unreadable`). In training the item is the next
+readable file in dataset order instead (index i + 1, i + 2, ... wrapping), so every batch keeps its size and its
+content depends only on the data, not on the number of processes or workers or on ``--resume``; in evaluation the
+item has no image and the batch goes without it. The task counts them (see ``ClassificationTask``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "IMAGE_EXTENSIONS",
     "ClassificationData",
+    "Unreadable",
     "load_classification_data",
     "read_image",
     "read_image_as_published",
@@ -58,6 +66,18 @@ class DataDefaults:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """An image file that passed the folder scan but failed to decode when a batch needed it."""
+
+    path: str
+    reason: str
+
+
+#: an item of a classification dataset: (uint8 (3, S, S) image or None if unreadable, label, files not read)
+Item = tuple[Tensor | None, int, tuple[Unreadable, ...]]
+
+
 class ImageTensorDataset(torch.utils.data.Dataset):
     """Images held in memory as one uint8 (N, 3, S, S) tensor."""
 
@@ -67,25 +87,43 @@ class ImageTensorDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return self.images[i], int(self.labels[i])
+    def __getitem__(self, i: int) -> Item:
+        return self.images[i], int(self.labels[i]), ()
 
 
 class ImageFileDataset(torch.utils.data.Dataset):
-    """Image files decoded on access (in DataLoader workers) and squashed to (3, size, size) uint8."""
+    """Image files decoded on access (in DataLoader workers) and squashed to (3, size, size) uint8.
 
-    def __init__(self, files: Sequence[Path], labels: Sequence[int], size: int):
+    Args:
+        files, labels: the images and their class indices.
+        size: the stored side S.
+        substitute: training: an unreadable file's item is the next readable file's (index i + 1, i + 2, ...,
+            wrapping; at most ``MAX_SUBSTITUTES`` tries); evaluation (False): its image is None.
+    """
+
+    #: consecutive unreadable files after which a training item gives up (the data is mostly broken)
+    MAX_SUBSTITUTES = 32
+
+    def __init__(self, files: Sequence[Path], labels: Sequence[int], size: int, *, substitute: bool = False):
         self.files, self.labels, self.size = list(files), torch.tensor(labels, dtype=torch.long), size
+        self.substitute = substitute
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        try:
-            image = read_image(self.files[i], self.size)
-        except Exception as err:  # verified at scan time; a file can still be truncated past its header
-            raise DataError(f"cannot decode {self.files[i]} ({err}); remove or replace the file") from err
-        return image, int(self.labels[i])
+    def __getitem__(self, i: int) -> Item:
+        failed: list[Unreadable] = []
+        for j in range(i, i + (min(self.MAX_SUBSTITUTES, len(self.files)) if self.substitute else 1)):
+            j %= len(self.files)
+            try:
+                return read_image(self.files[j], self.size), int(self.labels[j]), tuple(failed)
+            except Exception as err:  # verified at scan time; a file can still be truncated past its header
+                reason = str(err) if str(self.files[j]) in str(err) else f"{self.files[j]}: {err}"
+                failed.append(Unreadable(str(self.files[j]), reason))
+        if not self.substitute:
+            return None, int(self.labels[i]), tuple(failed)
+        names = ", ".join(f.path for f in failed[:3])
+        raise DataError(f"{len(failed)} consecutive image files could not be decoded ({names}, ...); check the data")
 
 
 _INTERPOLATIONS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}  # PIL codes
@@ -324,7 +362,7 @@ def load_classification_data(source: str, *, img_size: int | None = None, crop_p
             files, labels, classes, n = scan_image_folder(path / "train")
             val_files, val_labels, _, m = scan_image_folder(split_dirs[0], classes)
             skipped = n + m
-            train = ImageFileDataset(files, labels, stored)
+            train = ImageFileDataset(files, labels, stored, substitute=True)
             val = ImageFileDataset(val_files, val_labels, stored)
             record["split"] = f"train/ and {split_dirs[0].name}/"
         else:
@@ -333,7 +371,8 @@ def load_classification_data(source: str, *, img_size: int | None = None, crop_p
             if len(val_idx) == 0:
                 raise DataError(f"{path} has too few images per class to hold out a validation split; add images "
                                 "or provide train/ and val/ sub-folders")
-            train = ImageFileDataset([files[i] for i in train_idx], [labels[i] for i in train_idx], stored)
+            train = ImageFileDataset([files[i] for i in train_idx], [labels[i] for i in train_idx], stored,
+                                     substitute=True)
             val = ImageFileDataset([files[i] for i in val_idx], [labels[i] for i in val_idx], stored)
         if skipped:
             log.warning("skipped %d unreadable or non-image file(s) in %s", skipped, path)

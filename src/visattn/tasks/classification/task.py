@@ -1,5 +1,11 @@
 """Image classification for the shared training loop: label-smoothed cross entropy, random resized crop + flip,
-top-1 / top-5 accuracy and a confusion matrix; ``visattn predict`` prints the top-k classes of image files."""
+top-1 / top-5 accuracy and a confusion matrix; ``visattn predict`` prints the top-k classes of image files.
+
+Unreadable images (files that pass the folder scan and fail to decode, see ``data.py``) are skipped and counted:
+in training a readable image stands in for each (the batch keeps its size), a warning names each file once, a
+warning at the end of each epoch says how many were skipped and which, and more than ``max_bad_fraction`` of the
+training set stops the run with the files' names; evaluation leaves them out and reports ``val_skipped``.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +23,23 @@ from ...distributed import DistInfo, all_reduce_sum
 from ..augment import apply_crops, center_crops, normalize, sample_crops
 from ..base import DataError, EvalContext, PredictRequest, RunSettings, Task
 from . import ClassificationOptions
-from .data import (IMAGENET_MEAN, IMAGENET_STD, ClassificationData, DataDefaults, PublishedEvalDataset, _limit,
-                   load_classification_data, map_folder_classes, read_image, read_image_as_published,
-                   scan_image_folder)
+from .data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassificationData,
+    DataDefaults,
+    Item,
+    PublishedEvalDataset,
+    Unreadable,
+    _limit,
+    load_classification_data,
+    map_folder_classes,
+    read_image,
+    read_image_as_published,
+    scan_image_folder,
+)
 
-__all__ = ["ClassificationTask", "collate", "topk_correct"]
+__all__ = ["ClassificationTask", "collate", "collate_readable", "topk_correct"]
 
 log = logging.getLogger("visattn")
 
@@ -33,9 +51,17 @@ def topk_correct(logits: Tensor, targets: Tensor, ks: Sequence[int]) -> list[int
     return [int(hit[:, :k].any(dim=-1).sum()) for k in ks]
 
 
-def collate(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+def collate(batch: list[Item]) -> tuple[Tensor, Tensor, tuple[Unreadable, ...]]:
+    """Training items -> (uint8 images (B, 3, S, S), labels (B,), the unreadable files the items stand in for)."""
     images = torch.stack([b[0] for b in batch])                        # (B, 3, S, S) uint8
-    return images, torch.tensor([b[1] for b in batch], dtype=torch.long)
+    return images, torch.tensor([b[1] for b in batch], dtype=torch.long), tuple(u for b in batch for u in b[2])
+
+
+def collate_readable(batch: list[Item]) -> tuple[Tensor, Tensor, tuple[Unreadable, ...]]:
+    """Evaluation items -> the batch of the readable ones only (B may be 0), and the unreadable files left out."""
+    kept = [b for b in batch if not b[2]]
+    images = torch.stack([b[0] for b in kept]) if kept else torch.empty(0, dtype=torch.uint8)  # (B, 3, S, S)
+    return images, torch.tensor([b[1] for b in kept], dtype=torch.long), tuple(u for b in batch for u in b[2])
 
 
 class ClassificationTask(Task):
@@ -64,7 +90,12 @@ class ClassificationTask(Task):
         self.hflip = d.hflip if o.hflip is None else o.hflip
         self.mean, self.std = tuple(o.mean or d.mean), tuple(o.std or d.std)
         self.label_smoothing = o.label_smoothing
+        if not 0 <= o.max_bad_fraction <= 1:
+            raise ValueError(f"--max-bad-fraction must be in [0, 1], got {o.max_bad_fraction}")
+        self.max_bad_fraction = o.max_bad_fraction
         self.eval_label = data.source.get("source", "")
+        self.unreadable: dict[str, str] = {}           # training files that failed to decode in this run: reason
+        self.epoch_unreadable: list[str] = []          # ... and each time one did in the current epoch
 
     @classmethod
     def for_training(cls, run: RunSettings, options: ClassificationOptions) -> ClassificationTask:
@@ -149,16 +180,33 @@ class ClassificationTask(Task):
     def describe(self) -> str:
         return f"{len(self.train_set)} train / {len(self.val_set)} val images at {self.img_size}px"
 
-    def collate(self, items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    def collate(self, items: list[Item]) -> tuple[Tensor, Tensor, tuple[Unreadable, ...]]:
         return collate(items)
 
-    def augment(self, batch: tuple[Tensor, Tensor], generator: torch.Generator, global_batch: int,
-                offset: int) -> tuple[Tensor, Tensor]:
-        """Random resized crop + flip of this process's slice [offset, offset + B) of a global batch."""
-        images, targets = batch
+    def augment(self, batch: tuple[Tensor, Tensor, tuple[Unreadable, ...]], generator: torch.Generator,
+                global_batch: int, offset: int) -> tuple[Tensor, Tensor]:
+        """Random resized crop + flip of this process's slice [offset, offset + B) of a global batch; the
+        unreadable files its items stand in for are counted against ``max_bad_fraction``."""
+        images, targets, unreadable = batch
+        if unreadable:
+            self._count_unreadable(unreadable)
         theta = sample_crops(global_batch, generator, scale=self.crop_scale, hflip=self.hflip)
         theta = theta[offset:offset + images.shape[0]]
         return normalize(apply_crops(images, theta, self.img_size), self.mean, self.std), targets
+
+    def _count_unreadable(self, files: tuple[Unreadable, ...]) -> None:
+        """Record files a training batch skipped; stop once more than ``max_bad_fraction`` of the set are bad."""
+        for u in files:
+            if u.path not in self.unreadable:
+                log.warning("%s; skipped: the next readable image stands in for it", u.reason)
+                self.unreadable[u.path] = u.reason
+            self.epoch_unreadable.append(u.path)
+        total = len(self.train_set)
+        if len(self.unreadable) > self.max_bad_fraction * total:
+            names = ", ".join(sorted(self.unreadable))
+            raise DataError(f"{len(self.unreadable)} of {total} training images could not be decoded, more than "
+                            f"--max-bad-fraction {self.max_bad_fraction:g} allows: {names}; remove or replace "
+                            f"them (or raise --max-bad-fraction) and resume the run")
 
     def prepare_eval(self, images: Tensor) -> Tensor:
         theta = center_crops(images.shape[0], self.crop_pct)
@@ -178,13 +226,20 @@ class ClassificationTask(Task):
         dist_info = ctx.dist_info or DistInfo()
         shard = list(range(dist_info.rank, len(ds), dist_info.world_size))
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, shard), batch_size=ctx.batch_size,
-                                             num_workers=ctx.workers, shuffle=False, generator=torch.Generator())
+                                             num_workers=ctx.workers, shuffle=False, generator=torch.Generator(),
+                                             collate_fn=collate_readable)
         was_training = model.training
         model.eval()
         n = self.num_classes
         confusion = torch.zeros(n * n, dtype=torch.float64)
-        totals = torch.zeros(3, dtype=torch.float64)                   # loss sum, top-1 hits, top-5 hits
-        for images, targets in loader:
+        totals = torch.zeros(5, dtype=torch.float64)       # loss sum, top-1 hits, top-5 hits, images, unreadable
+        skipped: list[str] = []
+        for images, targets, unreadable in loader:
+            skipped += [u.path for u in unreadable]
+            totals[4] += len(unreadable)
+            if len(targets) == 0:
+                continue
+            totals[3] += len(targets)
             x = self.prepare_eval(images).to(ctx.device)
             with ctx.amp():
                 logits = model(x)
@@ -195,16 +250,27 @@ class ClassificationTask(Task):
             totals[2] += top5
             confusion += torch.bincount(targets * n + logits.argmax(-1), minlength=n * n).double()
         model.train(was_training)
+        if skipped:
+            log.warning("skipped %d unreadable image(s) in evaluation: %s", len(skipped), ", ".join(skipped))
         totals = all_reduce_sum(totals, dist_info)
         confusion = all_reduce_sum(confusion, dist_info).view(n, n).long()
-        count = max(1, len(ds))
+        count = max(1.0, float(totals[3]))
         return {"val_loss": float(totals[0]) / count, "val_top1": 100 * float(totals[1]) / count,
-                "val_top5": 100 * float(totals[2]) / count, "val_count": len(ds), "confusion": confusion}
+                "val_top5": 100 * float(totals[2]) / count, "val_count": int(totals[3]),
+                "val_skipped": int(totals[4]), "confusion": confusion}
 
     def epoch_summary(self, row: dict[str, Any]) -> str:
+        """The epoch's metrics, and the unreadable images its training batches skipped (the count starts anew)."""
         ema = f"  ema {row['ema_val_top1']:.2f}" if "ema_val_top1" in row else ""
-        return (f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  val_top1 "
+        line = (f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  val_top1 "
                 f"{row['val_top1']:.2f}{ema}  val_top5 {row['val_top5']:.2f}")
+        if row.get("val_skipped"):
+            line += f"  ({row['val_skipped']} unreadable val images skipped)"
+        if self.epoch_unreadable:
+            log.warning("skipped %d unreadable images this epoch: %s", len(self.epoch_unreadable),
+                        ", ".join(sorted(set(self.epoch_unreadable))))
+            self.epoch_unreadable = []
+        return line
 
     def write_plots(self, run: Path, rows: list[dict[str, Any]], result: dict[str, Any], title: str) -> list[str]:
         from ...plots import plot_confusion
@@ -221,8 +287,9 @@ class ClassificationTask(Task):
 
         png = plot_confusion(result["confusion"].tolist(), self.classes, out / "confusion.png",
                              title=f"{title}: top-1 {result['val_top1']:.2f}%")
+        skipped = f", {result['val_skipped']} unreadable skipped" if result.get("val_skipped") else ""
         line = (f"top-1 {result['val_top1']:.2f}%  top-5 {result['val_top5']:.2f}%  loss {result['val_loss']:.4f}  "
-                f"({result['val_count']} images, {self.eval_label})")
+                f"({result['val_count']} images{skipped}, {self.eval_label})")
         return line + (f"\nwrote {png}" if png else "")
 
     @classmethod

@@ -149,8 +149,8 @@ def load_benchmark(root: Path, channels: int, *, scale: int = 1,
     out = []
     for name, hr in _load_uint8(hr_files, channels):
         lr = None
-        if name in lr_files:
-            lr = _load_uint8([lr_files[name]], channels)[0][1]
+        if name in lr_files:                       # an unreadable given input is generated instead
+            lr = next((x for _, x in _load_uint8([lr_files[name]], channels)), None)
         hr = _mod_crop(hr, scale)
         if lr is not None and tuple(lr.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
             log.warning("%s: given input %s does not match the clean %s / %d; generating it", name,
