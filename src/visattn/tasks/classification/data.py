@@ -171,14 +171,13 @@ class PublishedEvalDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, i: int) -> Item:
         try:
             image = read_image_as_published(self.files[i], self.size, **self.crop)
-        except DataError:
-            raise
-        except Exception as err:  # verified at scan time; a file can still be truncated past its header
-            raise DataError(f"cannot decode {self.files[i]} ({err}); remove or replace the file") from err
-        return image, int(self.labels[i])
+        except Exception as err:  # verified at scan time; a file can still be truncated past its header: evaluation
+            reason = str(err) if str(self.files[i]) in str(err) else f"{self.files[i]}: {err}"   # leaves it out
+            return None, int(self.labels[i]), (Unreadable(str(self.files[i]), reason),)
+        return image, int(self.labels[i]), ()
 
 
 def map_folder_classes(folders: Sequence[str], classes: Sequence[str], class_ids: Sequence[str] | None = None
