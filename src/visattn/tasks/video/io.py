@@ -126,9 +126,18 @@ def read_frames(path: str | Path, indices: Sequence[int], *, info: VideoInfo | N
             raise VideoError(f"{path}: no frame could be decoded")
     finally:
         container.close()
-    last = got[max(got)]
-    frames = np.stack([got.get(i, last) for i in indices])             # (len(indices), H, W, 3)
+    frames = np.stack([got[i] for i in indices])                       # (len(indices), H, W, 3)
     return frames, info, decoded
+
+
+def _rgb(frame) -> np.ndarray:
+    # One swscale thread: the scaler thread pool of PyAV >= 17 does not survive fork(), and a DataLoader worker
+    # forked after the main process converted a frame (visattn predict, a test) would wait forever on it. Older
+    # PyAV converts on the calling thread and has no ``threads`` argument.
+    try:
+        return frame.to_ndarray(format="rgb24", threads=1)
+    except TypeError:
+        return frame.to_ndarray(format="rgb24")
 
 
 def _decode(container, stream, needed: list[int], fps: float, *, seek: bool) -> tuple[dict[int, np.ndarray], int]:
@@ -140,9 +149,10 @@ def _decode(container, stream, needed: list[int], fps: float, *, seek: bool) -> 
         target = start_pts + int(math.floor((needed[0] - 0.5) / fps / time_base))
         container.seek(max(target, start_pts), stream=stream, backward=True, any_frame=False)
     out: dict[int, np.ndarray] = {}
-    p, decoded, last, last_index = 0, 0, None, -1
+    p, decoded, last_frame, last_index = 0, 0, None, -1
     for frame in container.decode(stream):
         decoded += 1
+        last_frame = frame
         pts = frame.pts if frame.pts is not None else frame.dts
         index = round(float((pts - start_pts) * time_base) * fps) if pts is not None else last_index + 1
         if decoded == 1 and seek and index > needed[0] + 1:
@@ -153,12 +163,17 @@ def _decode(container, stream, needed: list[int], fps: float, *, seek: bool) -> 
         last_index = index
         if index < needed[p]:
             continue
-        last = frame.to_ndarray(format="rgb24")                        # (H, W, 3)
+        last = _rgb(frame)                                             # (H, W, 3)
         while p < len(needed) and needed[p] <= index:
             out[needed[p]] = last
             p += 1
         if p == len(needed):
             break
+    if p < len(needed) and last_frame is not None:                     # past the end: the video's last frame
+        last = out.get(last_index)
+        if last is None:
+            last = _rgb(last_frame)                                    # (H, W, 3)
+        out.update({i: last for i in needed[p:]})
     return out, decoded
 
 
