@@ -17,7 +17,7 @@ Each video: 32 frames of 40 x 40 at 16 fps (2 s); a random digit (one of scikit-
 1.2-1.5x; each digit also gets a random static tilt and offset. The default set is 64 training and 16 validation
 videos per class (512 / 128), generated with seed 0 into ``~/.cache/visattn/moving_digits_v1/`` (``$VISATTN_CACHE``
 or ``$XDG_CACHE_HOME/visattn`` when set) as ``train/<class>/*.mp4`` and ``val/<class>/*.mp4``; the same files
-on every machine with the same libraries (about 2 MB, ~30 s on one core).
+on every machine with the same libraries (about 6 MB, under a minute on one core).
 """
 
 from __future__ import annotations
