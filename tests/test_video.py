@@ -220,3 +220,13 @@ def test_train_eval_predict_through_the_cli(tiny_set: Path, tmp_path: Path, caps
     # 0.3125 / 0.6875 s
     times = [t for clip in pred["clips_s"] for t in clip]
     assert times == pytest.approx([0.0, 0.375, 0.3125, 0.6875], abs=1e-3) and pred["views"] == "2x1"
+
+
+def test_the_generated_set_is_deterministic(tmp_path: Path) -> None:
+    a = make_moving_digits(tmp_path / "a", train_per_class=1, val_per_class=1, frames=6, size=16)
+    b = make_moving_digits(tmp_path / "b", train_per_class=1, val_per_class=1, frames=6, size=16)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.mp4"))
+    assert len(files) == 2 * len(CLASSES)
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    c = make_moving_digits(tmp_path / "c", train_per_class=1, val_per_class=1, frames=6, size=16, seed=1)
+    assert (c / files[0]).read_bytes() != (a / files[0]).read_bytes()

@@ -94,7 +94,8 @@ def _render(pair: int, sprite: torch.Tensor, frames: int, size: int, g: torch.Ge
     theta = torch.stack([torch.stack([cos / half, sin / half, -(cos * cx + sin * cy) / half], -1),
                          torch.stack([-sin / half, cos / half, (sin * cx - cos * cy) / half], -1)], 1)  # (T, 2, 3)
     grid = F.affine_grid(theta.float(), [frames, 1, size, size], align_corners=False)
-    alpha = F.grid_sample(sprite.expand(frames, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+    sprites = sprite.expand(frames, -1, -1, -1)                        # (T, 1, 16, 16): the same digit per frame
+    alpha = F.grid_sample(sprites, grid, mode="bilinear", padding_mode="zeros",
                           align_corners=False)                          # (T, 1, S, S)
     colour = 0.6 + 0.4 * torch.rand(3, 1, 1, generator=g)
     video = _background(size, g) * (1 - alpha) + colour * alpha         # (T, 3, S, S)

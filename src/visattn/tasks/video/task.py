@@ -45,8 +45,8 @@ _DEFAULT_VIEWS = "5x1"
 
 def _normalize(clips: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """(N, 3, T, H, W) uint8 -> float ((x / 255) - mean) / std per channel."""
-    m = torch.tensor(mean, device=clips.device).view(1, -1, 1, 1, 1)
-    s = torch.tensor(std, device=clips.device).view(1, -1, 1, 1, 1)
+    m = torch.tensor(mean, device=clips.device).view(1, -1, 1, 1, 1)   # (1, 3, 1, 1, 1)
+    s = torch.tensor(std, device=clips.device).view(1, -1, 1, 1, 1)    # (1, 3, 1, 1, 1)
     return (clips.float() / 255.0 - m) / s
 
 
@@ -234,7 +234,7 @@ class VideoTask(Task):
                     logits.append(self.run_model(model, chunk.to(ctx.device)).float().cpu())
             logits = torch.cat(logits)                                  # (n*V, classes)
             targets = torch.tensor([it[1] for it in good])
-            probs = logits.softmax(-1).view(len(good), V, n).mean(1)    # (n, classes)
+            probs = logits.softmax(-1).view(len(good), V, n).mean(1)    # (videos, V, classes) -> (videos, classes)
             log_probs = probs.clamp_min(1e-12).log()
             totals[0] += float(F.nll_loss(log_probs, targets, reduction="sum"))
             totals[1:3] += torch.tensor(topk_correct(log_probs, targets, (1, 5)), dtype=torch.float64)
@@ -244,7 +244,7 @@ class VideoTask(Task):
             confusion += torch.bincount(targets * n + probs.argmax(-1), minlength=n * n).double()
         model.train(was_training)
         totals = all_reduce_sum(totals, dist_info)
-        confusion = all_reduce_sum(confusion, dist_info).view(n, n).long()
+        confusion = all_reduce_sum(confusion, dist_info).view(n, n).long()   # (truth, prediction)
         count = max(1.0, float(totals[5]))
         return {"val_loss": float(totals[0]) / count, "val_top1": 100 * float(totals[1]) / count,
                 "val_top5": 100 * float(totals[2]) / count, "val_clip_top1": 100 * float(totals[3]) / count,
@@ -347,4 +347,4 @@ class FrameAverageTask(VideoTask):
     def run_model(model: nn.Module, clips: Tensor) -> Tensor:
         B, C, T, H, W = clips.shape
         frames = clips.transpose(1, 2).reshape(B * T, C, H, W)         # (B*T, C, H, W)
-        return model(frames).view(B, T, -1).mean(1)                    # (B, classes)
+        return model(frames).view(B, T, -1).mean(1)                    # (B, T, classes) -> (B, classes)
