@@ -230,3 +230,14 @@ def test_the_generated_set_is_deterministic(tmp_path: Path) -> None:
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     c = make_moving_digits(tmp_path / "c", train_per_class=1, val_per_class=1, frames=6, size=16, seed=1)
     assert (c / files[0]).read_bytes() != (a / files[0]).read_bytes()
+
+
+def test_distant_clips_are_reached_by_seeking(tmp_path: Path) -> None:
+    frames = _ramp_video(56)
+    path = write_video(tmp_path / "v.mp4", frames, fps=16, gop=4)
+    wanted = [1, 2, 52, 53]
+    got, _, decoded = read_frames(path, wanted, seek_gap=8)
+    level = got.astype(np.float32)[:, :, 0, 0].mean(1)
+    assert np.abs(level - (4 * np.array(wanted) + 10)).max() < 1.9, level
+    _, _, all_between = read_frames(path, wanted, seek_gap=100)
+    assert decoded < 25 < all_between, (decoded, all_between)          # two short runs, not 50 frames in between

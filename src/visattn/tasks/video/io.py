@@ -2,7 +2,8 @@
 
 A clip is a list of frame indices (``sampling.py``). :func:`read_frames` opens the file once, seeks to the keyframe
 at or before the first index's timestamp and decodes forward only until the last index is reached, so a clip from
-the end of a long video does not decode the whole video. Each decoded frame's index is its presentation time
+the end of a long video does not decode the whole video; indices more than ``seek_gap`` frames apart (the K clips
+of a long video) are reached by one seek each. Each decoded frame's index is its presentation time
 times the stream's average frame rate (rounded); an index asks for the first frame at or after it. Indices past the
 last frame take the last frame (the short-video rule of ``sampling.py``).
 
@@ -93,14 +94,16 @@ def probe_video(path: str | Path) -> VideoInfo:
         container.close()
 
 
-def read_frames(path: str | Path, indices: Sequence[int], *, info: VideoInfo | None = None
-                ) -> tuple[np.ndarray, VideoInfo, int]:
+def read_frames(path: str | Path, indices: Sequence[int], *, info: VideoInfo | None = None,
+                seek_gap: int = 64) -> tuple[np.ndarray, VideoInfo, int]:
     """Decode the frames at ``indices`` (any order, repeats allowed) of a video file.
 
     Args:
         path: the file.
         indices: 0-based frame indices; those past the last frame give the last frame.
         info: the file's :class:`VideoInfo` if already known.
+        seek_gap: wanted frames further apart than this are reached by a new seek rather than by decoding the
+            frames between them (K evaluation clips of a long video).
 
     Returns:
         frames (len(indices), H, W, 3) uint8 RGB, the file's info, and the number of frames decoded (the cost).
@@ -116,8 +119,19 @@ def read_frames(path: str | Path, indices: Sequence[int], *, info: VideoInfo | N
     try:
         info = info or _stream_info(container, stream, path)
         needed = sorted(set(int(i) for i in indices))
+        # runs of indices closer than seek_gap frames are decoded in one pass; a longer gap is a new seek
+        runs = [[needed[0]]]
+        for i in needed[1:]:
+            if i - runs[-1][-1] > seek_gap:
+                runs.append([])
+            runs[-1].append(i)
+        got: dict[int, np.ndarray] = {}
+        decoded = 0
         try:
-            got, decoded = _decode(container, stream, needed, info.fps, seek=True)
+            for run in runs:
+                frames, n = _decode(container, stream, run, info.fps, seek=True)
+                got.update(frames)
+                decoded += n
         except VideoError:
             raise
         except Exception as err:  # a corrupt packet, a truncated file: FFmpeg errors of many types
@@ -126,6 +140,9 @@ def read_frames(path: str | Path, indices: Sequence[int], *, info: VideoInfo | N
             raise VideoError(f"{path}: no frame could be decoded")
     finally:
         container.close()
+    for i in needed:                                                   # a run wholly past the end of the stream
+        if i not in got:
+            got[i] = got[max((k for k in got if k < i), default=min(got))]
     frames = np.stack([got[i] for i in indices])                       # (len(indices), H, W, 3)
     return frames, info, decoded
 
