@@ -211,6 +211,12 @@ def test_train_eval_predict_through_the_cli(tiny_set: Path, tmp_path: Path, caps
     shuffled = json.loads((run / "eval.json").read_text())
     assert "frames shuffled" in capsys.readouterr().out
     assert shuffled["val_loss"] != plain["val_loss"]                   # the model sees another frame order
+    listed = sorted((tiny_set / "val").rglob("*.mp4"))[:5]            # a 'path label' list of class names
+    (tmp_path / "some.csv").write_text("".join(f"{f} {f.parent.name}\n" for f in listed))
+    assert main(["eval", "--checkpoint", str(run), "--data", str(tmp_path / "some.csv"), "--views", "1x1",
+                 "--workers", "1", "--out", str(tmp_path / "ev"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["val_count"] == 5
+    capsys.readouterr()
     video = sorted((tiny_set / "val" / "grow").glob("*.mp4"))[0]
     assert main(["predict", "--checkpoint", str(run), str(video), "--json", "--threads", "1"]) == 0
     [pred] = json.loads(capsys.readouterr().out)
