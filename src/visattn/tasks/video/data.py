@@ -16,8 +16,8 @@ Unreadable files. A listed file that does not exist, or a file in a class folder
 skipped when the source is scanned, with its name in the log. A file that exists but cannot be decoded is found
 when it is read: a training item then takes the next readable video of the dataset instead (the batch keeps its
 size) and an evaluation item is left out of the metrics; either way the file is named in the log and counted
-(``train_skipped`` / ``val_skipped``). Nothing is decoded at scan time, so a list of 240,000 Kinetics videos
-starts at once.
+(``train_replaced``, the percentage of items replaced, and ``val_skipped``). Nothing is decoded at scan time, so
+a list of 240,000 Kinetics videos starts at once.
 
 Randomness. A training item's clip (start frame, scale, crop, flip) is drawn from a generator seeded by (run seed,
 epoch, item index): the same clips whatever the number of DataLoader workers or processes, and on ``--resume``.
