@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PIP_EXTRA) "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet $(PIP_EXTRA) -e ".[data,cli,test,hub]"
+	$(PY) -m pip install --quiet $(PIP_EXTRA) -e ".[data,cli,test,hub,video]"
 	touch $(STAMP)
 
 # The main job: train a small MaxViT on the built-in digits, evaluate it, benchmark its attention against global

@@ -529,6 +529,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         order = epoch_order(len(task.train_set), cfg.seed, epoch)
         batches = [order[i * B:(i + 1) * B][info.rank * local_B:(info.rank + 1) * local_B].tolist()
                    for i in range(first, steps_per_epoch)]
+        task.start_epoch(epoch, cfg.seed)                              # before the workers copy the dataset
         # Its own generator: creating a loader iterator must not draw from the global RNG (dropout, drop path).
         loader = torch.utils.data.DataLoader(task.train_set, batch_sampler=batches, num_workers=cfg.workers,
                                              collate_fn=task.collate, generator=torch.Generator().manual_seed(epoch))

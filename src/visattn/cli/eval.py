@@ -51,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", "-b", type=int, default=64)
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only N samples")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes decoding the data (default 0)")
     p.add_argument("--out", "-o", help="folder for eval.json and figures (default: beside the checkpoint)")
     add_task_args(p)
     add_runtime_args(p)
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     device = apply_runtime(args)
     model, meta = load_model_from_args(args)
     name = args.task or meta.get("task") or _task_of_model(model)
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if dataset is None:
         raise ValueError(f"the {name} task has no {args.split} split to evaluate")
     result = task.evaluate(model, EvalContext(batch_size=args.batch_size, device=device, autocast=autocast,
-                                              dataset=dataset))
+                                              dataset=dataset, workers=args.workers))
     if args.checkpoint:
         weights, _ = resolve_model_file(args.checkpoint)
         source, out = str(weights), Path(args.out) if args.out else weights.parent

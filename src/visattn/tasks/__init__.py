@@ -26,7 +26,7 @@ __all__ = ["DataError", "TaskSpec", "get_task", "get_task_spec", "list_tasks", "
            "options_to_dict", "register_task"]
 
 # packages whose __init__ registers the built-in tasks (imported on first use of the registry)
-_BUILTIN_PACKAGES = ("classification", "restoration", "fewshot")
+_BUILTIN_PACKAGES = ("classification", "restoration", "fewshot", "video")
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ The life of a task in training (``visattn.train.train``):
    command-line flags and are stored in every checkpoint).
 2. The loop builds the model from the registry with ``model_overrides()`` and checks that the model serves the task
    (``model_task``, ``input_ndim`` against the model class's ``task`` / ``input_ndim``).
-3. Each step takes ``batch_size`` indices of ``train_set`` (a map-style dataset; the same global order for any
-   number of processes), ``collate`` turns the items into a batch, and ``augment(batch, generator, global_batch,
-   offset)`` returns ``(inputs, targets)`` for this process's slice. Random numbers come from ``generator`` and are
-   drawn for the whole *global* batch, then sliced: N processes see exactly what one process would.
+3. ``start_epoch(epoch, seed)`` runs before each epoch's DataLoader starts. Each step takes ``batch_size`` indices
+   of ``train_set`` (a map-style dataset; the same global order for any number of processes), ``collate`` turns
+   the items into a batch, and ``augment(batch, generator, global_batch, offset)`` returns ``(inputs, targets)``
+   for this process's slice. Random numbers come from ``generator`` and are drawn for the whole *global* batch,
+   then sliced: N processes see exactly what one process would.
 4. ``forward(model, inputs)`` runs the model (``model(inputs)`` unless the task overrides it), ``loss(outputs,
    targets)`` gives the scalar to minimise, ``train_stats(outputs, targets)`` sums to report (``{"top1": 100 *
    correct}`` is reported as ``train_top1``, the sum over the epoch divided by the number of samples).
@@ -161,6 +162,11 @@ class Task:
     def describe(self) -> str:
         """A few words on the data for the start-of-training line, e.g. '1437 train / 360 val images at 32px'."""
         return f"{len(self.train_set)} train / {len(self.val_set)} val samples at {self.img_size}px"
+
+    def start_epoch(self, epoch: int, seed: int) -> None:
+        """Called before each training epoch's DataLoader is built, so that randomness drawn per item inside the
+        dataset (in worker processes, which copy the dataset when the loader starts) can be seeded by (seed, epoch)
+        like ``augment``'s (video: which clip of a video is decoded)."""
 
     def collate(self, items: list[Any]) -> Any:
         """Dataset items -> one batch (default: ``torch.utils.data.default_collate``)."""
