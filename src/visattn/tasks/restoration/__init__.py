@@ -1,4 +1,5 @@
-"""Image restoration as degradations: super-resolution (``--task sr``) and denoising (``--task denoise``).
+"""Image restoration as degradations: super-resolution (``--task sr``), denoising (``--task denoise``), JPEG
+artefact removal (``--task jpeg``) and demosaicking (``--task demosaic``).
 
 Every restoration task is one :class:`~visattn.tasks.restoration.task.RestorationTask` holding one
 :class:`~visattn.tasks.restoration.degradations.Degradation` - what turns a clean image into the model input, the
