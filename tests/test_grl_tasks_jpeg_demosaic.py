@@ -58,6 +58,22 @@ def test_jpeg_shapes_levels_and_quality(channels: int) -> None:
     assert errors[0] > errors[1] > errors[2]                                         # higher quality, less damage
 
 
+def test_opencv_encoder_matches_pillow_or_says_what_is_missing() -> None:
+    # with OpenCV installed its JPEGs equal Pillow's (libjpeg-turbo, 4:2:0, as measured in docs/grl.md); without it,
+    # a clear error names the package
+    (_, x), = builtin_photos(["chelsea"], 3)
+    x = x[:, :64, :80].float()[None] / 255
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs opencv-python-headless"):
+            JpegCompression(10, "opencv")(x, torch.Generator())
+        return
+    for q in (10, 40):
+        for c in (x, x[:, :1]):
+            assert torch.equal(JpegCompression(q, "opencv")(c, torch.Generator()), JpegCompression(q)(c, None))
+
+
 def test_jpeg_quality_and_encoder_are_validated(capsys) -> None:
     for bad in (0, 101, -5, 10.5, True, "10"):
         with pytest.raises(ValueError, match="JPEG quality must be an integer in 1-100"):

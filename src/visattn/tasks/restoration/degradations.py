@@ -3,7 +3,8 @@
 A restoration task (``tasks/restoration/task.py``) is one :class:`Degradation` plus data: training degrades random
 clean crops on the fly, evaluation degrades whole images with a seed per image (or reads the degraded inputs a
 benchmark ships), and reports the model next to the degradation's ``baseline`` in the degradation's colour space
-with its border crop. A new restoration task is one subclass here and one registration in ``__init__.py``:
+with its border crop. A new restoration task is one subclass (here, or in its own module as ``jpeg.py`` and
+``mosaic.py``) and one registration in ``__init__.py``:
 
     class JpegDegradation(Degradation):
         name = "jpeg"; baseline_name = "jpeg"; metric_space = "rgb"
