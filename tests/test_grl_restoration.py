@@ -450,12 +450,19 @@ def test_one_step_reduces_the_loss(name: str) -> None:
     loss = task.loss(task.forward(model, x), y)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    # a plain gradient step of length 0.01 in weight space (a fresh GRL's gradient norm varies ~10x between tasks)
+    # a plain gradient step of length 0.01 in weight space (a fresh GRL's gradient norm varies ~10x between tasks),
+    # shortened to 0.003 / 0.001 if it overshoots (it does for JPEG q10 of noise: +0.001, while 0.003 gives -0.018)
     norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
-    torch.optim.SGD(model.parameters(), lr=0.01 / norm).step()
-    with torch.no_grad():
-        after = task.loss(task.forward(model, x), y)
-    assert float(after) < float(loss.detach()) - 1e-4
+    start = [p.detach().clone() for p in model.parameters()]
+    changes = []
+    for length in (0.01, 0.003, 0.001):
+        with torch.no_grad():
+            for p, p0 in zip(model.parameters(), start):
+                p.copy_(p0 - length / norm * p.grad)
+            changes.append(float(task.loss(task.forward(model, x), y)) - float(loss.detach()))
+        if changes[-1] < -1e-4:
+            break
+    assert changes[-1] < -1e-4, changes
 
 
 @pytest.mark.parametrize("name", RESTORATION_TASKS)
@@ -500,14 +507,17 @@ def test_cli_train_eval_restore_round_trip(name: str, tmp_path) -> None:
     report = json.loads((run / "eval.json").read_text())
     assert report["val_psnr"] == pytest.approx(summary["val_psnr"], abs=1e-3) and report["data"] == str(bench)
     out = tmp_path / "restored"
+    h, w = 35 // d.size_multiple * d.size_multiple, 33 // d.size_multiple * d.size_multiple  # a mosaic: even sides
+    with Image.open(bench / "b0.png") as im:
+        im.crop((0, 0, w, h)).save(tmp_path / "b0.png")
     assert main(["restore", "--checkpoint", str(run), "--out", str(out), "--tile", "16", "--tile-overlap", "8",
-                 "--threads", "1", str(bench / "b0.png")]) == 0
+                 "--threads", "1", str(tmp_path / "b0.png")]) == 0
     with Image.open(out / f"b0{d.output_suffix}.png") as im:
-        assert im.size == (33 * d.scale, 35 * d.scale)
+        assert im.size == (w * d.scale, h * d.scale)
     assert main(["restore", "--checkpoint", str(run), "--out", str(out), "--degrade", "--suffix", "_demo",
                  "--threads", "1", str(bench / "b1.png")]) == 0
     with Image.open(out / f"b1{d.input_suffix}.png") as small, Image.open(out / "b1_demo.png") as restored:
-        assert small.size == (math.ceil(33 / d.scale), math.ceil(35 / d.scale))
+        assert small.size == (math.ceil(w / d.scale), math.ceil(h / d.scale))
         assert restored.size == (small.size[0] * d.scale, small.size[1] * d.scale)
 
 

@@ -208,7 +208,7 @@ def test_every_entry_remaps_onto_the_full_size_model(name: str) -> None:
 
 def test_registry_names_aliases_and_labels() -> None:
     names = [e.name for e in list_pretrained()]
-    assert len(names) == len(set(names)) == 38
+    assert len(names) == len(set(names)) == 41
     assert resolve_pretrained("maxvit_tiny_tf_384.in1k")[1].name == "maxvit_tiny.in1k_384"
     assert resolve_pretrained("maxvit_tiny_tf_384")[1].name == "maxvit_tiny.in1k_384"
     assert resolve_pretrained("maxvit_tiny") == ("maxvit_tiny", get_weights("maxvit_tiny.in1k_224"))

@@ -11,6 +11,7 @@ is bounded by the tile. Outputs are written beside the inputs (the task's suffix
 is never replaced at all. ``--degrade`` first applies the task's degradation to clean inputs (a fixed seed per image)
 and saves that input too (``<stem>_noisy.png``, ``<stem>_lr.png``): a demonstration on any photo.
 Grayscale inputs to an RGB model are restored as RGB and saved as grayscale; 16-bit grayscale PNGs stay 16-bit.
+Demosaicking reads a one-channel image as the RGGB mosaic (an RGB one is sampled at each site's colour) and writes RGB.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="the restoration task the model does (sr, denoise...; default: the checkpoint's)")
     p.add_argument("--scale", type=int, help="sr: the factor (default: the checkpoint's)")
     p.add_argument("--sigma", type=float, help="denoise: the noise level (0-255) the model is meant for")
+    p.add_argument("--quality", type=int, help="jpeg: the JPEG quality (1-100) the model is meant for")
     p.add_argument("--degrade", "--add-noise", dest="degrade", action="store_true",
                    help="first apply the task's degradation to the (clean) inputs with a fixed seed per image "
-                        "(denoise: Gaussian noise of --sigma; sr: bicubic downscaling) and save that input too")
+                        "(denoise: Gaussian noise of --sigma; sr: bicubic downscaling; jpeg: JPEG at --quality; "
+                        "demosaic: the RGGB mosaic) and save that input too")
     p.add_argument("--out", "-o", help="output folder (default: beside each input)")
     p.add_argument("--suffix", help="output name suffix (default: the task's, _x<scale> or _denoised)")
     p.add_argument("--ext", default=".png", help="output format by extension (default .png)")
@@ -47,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 # restore's own flags that set an option of the task (option name -> value given)
 def _options_given(args: argparse.Namespace) -> dict[str, object]:
-    return {k: v for k, v in (("scale", args.scale), ("sigma", args.sigma)) if v is not None}
+    return {k: v for k, v in (("scale", args.scale), ("sigma", args.sigma), ("quality", args.quality))
+            if v is not None}
 
 
 def _restoration_task(name: str) -> type:
@@ -168,8 +172,14 @@ def run(args: argparse.Namespace) -> int:
                                  "to grayscale or use an RGB model")
             x = x.expand(chans, -1, -1) if x.shape[0] == 1 and chans == 3 else x
             x = x[None]                                                 # (1, C, H, W)
+            m = degradation.size_multiple
             if args.degrade:
+                if x.shape[-2] % m or x.shape[-1] % m:
+                    log.info("%s: cropped to a multiple of %d pixels for the degradation", src, m)
+                    x = x[..., : x.shape[-2] // m * m, : x.shape[-1] // m * m]
                 x = degradation(x, torch.Generator().manual_seed(index))
+            else:
+                x = degradation.input_from_file(x)
             H, W = x.shape[-2:]
             if min(H, W) < min_size:
                 raise ValueError(f"is {H}x{W} pixels{' once degraded' if args.degrade else ''}; "
@@ -193,12 +203,12 @@ def run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
             out = out[0].clamp(0, 1)
-            if info["channels"] == 1 and out.shape[0] == 3:              # grayscale in, grayscale out
+            if info["channels"] == 1 and out.shape[0] == 3 and not degradation.single_channel_input:  # grey in/out
                 out = (rgb_to_y(out[None])[0] - 16) / 219
             write_image(dst, out, bits=info["bits"])
             planned.add(dst)
             if degraded is not None:
-                write_image(degraded, x[0].clamp(0, 1), bits=info["bits"])
+                write_image(degraded, degradation.input_to_file(x)[0].clamp(0, 1), bits=info["bits"])
                 planned.add(degraded)
             print(f"{src} ({W}x{H}) -> {dst} ({out.shape[-1]}x{out.shape[-2]})")
             done += 1

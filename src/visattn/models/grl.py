@@ -366,6 +366,8 @@ def remap_state_dict(state_dict: dict[str, Tensor], model: GRL | None = None) ->
 
 _SR = dict(window_size=32, stripe_size=(64, 64), stripe_groups=(None, None), anchor_down_factor=4)
 _DN = dict(upscale=1, window_size=16, stripe_size=(64, 128), stripe_groups=(None, None), anchor_down_factor=4)
+_JPEG = dict(upscale=1, window_size=36, stripe_size=(72, 144), stripe_groups=(None, None), anchor_down_factor=4)
+_DM = dict(upscale=1, window_size=8, stripe_size=(32, 32), stripe_groups=(None, None), anchor_down_factor=4)
 _TINY = dict(embed_dim=64, depths=(4, 4, 4, 4), num_heads_window=(2,) * 4, num_heads_stripe=(2,) * 4,
              upsampler="pixelshuffledirect")
 _SMALL = dict(embed_dim=128, depths=(4, 4, 4, 4), num_heads_window=(2,) * 4, num_heads_stripe=(2,) * 4,
@@ -389,6 +391,10 @@ VARIANTS = {
     "grl_tiny_denoise": GRLConfig(**_TINY, **_DN),
     "grl_small_denoise": GRLConfig(**_SMALL, **_DN),
     "grl_base_denoise": GRLConfig(**_BASE, **{**_DN, **_BASE_TEST, "window_size": 32}),
+    # JPEG artefact removal (config/experiment/jpeg/grl/grl_p288.yaml) and demosaicking (dm/grl.yaml), GRL-S
+    "grl_small_jpeg": GRLConfig(**_SMALL, **_JPEG),
+    "grl_small_jpeg_gray": GRLConfig(**_SMALL, **_JPEG, in_chans=1),
+    "grl_small_demosaic": GRLConfig(**_SMALL, **_DM),
 }
 # Exact counts of the official GRL class built with these configs (counted in the reference environment); the paper
 # rounds them to SR x4 0.91M / 3.49M / 20.20M, SR x2 0.89M / 3.34M / 20.05M, denoising 0.88M / 3.12M / 19.81M.
@@ -402,5 +408,8 @@ REFERENCE_PARAMS = {
     "grl_tiny_denoise": 880_227,
     "grl_small_denoise": 3_120_227,
     "grl_base_denoise": 19_805_263,
+    "grl_small_jpeg": 3_120_227,
+    "grl_small_jpeg_gray": 3_115_617,
+    "grl_small_demosaic": 3_120_227,
 }
 register_models(GRL, VARIANTS, reference_params=REFERENCE_PARAMS)

@@ -194,6 +194,11 @@ def _grl() -> list[WeightsEntry]:
         ("grl_base_denoise", "official_dn_c3s50", "dn_grl_base_c3s50.ckpt", (), "colour denoising, sigma 50"),
         ("grl_base_denoise", "official_dn_c1s25", "dn_grl_base_c1s25.ckpt", (("in_chans", 1),),
          "grayscale denoising, sigma 25"),
+        ("grl_small_jpeg", "official_jpeg_c3q20", "jpeg_grl_small_c3q20.ckpt", (),
+         "colour JPEG artefact removal, quality 20 (--task jpeg --quality 20)"),
+        ("grl_small_jpeg_gray", "official_jpeg_c1q30", "jpeg_grl_small_c1q30.ckpt", (("in_chans", 1),),
+         "grey JPEG artefact removal, quality 30 (--task jpeg --quality 30)"),
+        ("grl_small_demosaic", "official_dm", "dm_grl_small.ckpt", (), "demosaicking (--task demosaic)"),
     ]
     return [WeightsEntry(model=m, tag=t, url=_GRL_RELEASE + f, overrides=o,
                          **{**common, "input_size": (dict(o).get("in_chans", 3), 64, 64)}, aliases=(f[:-5],),
@@ -212,8 +217,9 @@ LEFT_OUT: dict[str, str] = {
     "davit_large, davit_huge, davit_giant (timm)": "timm registers them without weights (none published)",
     "mvitv2_small_cls (timm)": "timm registers it without weights",
     "dn_grl_tiny_c1 (GRL release)": "the release names no noise level and its config is not documented",
-    "jpeg_grl_small_c3, jpeg_grl_small_c3q20, jpeg_grl_small_c1q30 (GRL release)": (
-        "JPEG artefact removal: visattn has no JPEG restoration variant (config of grl_p288 not mapped)"),
+    "jpeg_grl_small_c3 (GRL release)": (
+        "JPEG artefact removal without a quality factor in its name; which quality it was trained for is not "
+        "documented"),
     "db_motion_grl_base_gopro (GRL release)": "motion deblurring: no visattn deblurring variant",
     "bsr_grl_base (GRL, Google Drive)": "real-world SR, not a release asset (a Drive link), no variant",
     "CloFormer": "the authors publish no weights (docs/cloformer.md)",

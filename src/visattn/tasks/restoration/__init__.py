@@ -1,4 +1,5 @@
-"""Image restoration as degradations: super-resolution (``--task sr``) and denoising (``--task denoise``).
+"""Image restoration as degradations: super-resolution (``--task sr``), denoising (``--task denoise``), JPEG
+artefact removal (``--task jpeg``) and demosaicking (``--task demosaic``).
 
 Every restoration task is one :class:`~visattn.tasks.restoration.task.RestorationTask` holding one
 :class:`~visattn.tasks.restoration.degradations.Degradation` - what turns a clean image into the model input, the
@@ -6,7 +7,8 @@ classical baseline to beat, the metric colour space and border crop, the model's
 ``visattn eval`` and ``visattn restore`` ask the degradation and never the task's name. A new task (JPEG artefacts,
 mosaic, blur) is therefore one small ``Degradation`` subclass in ``degradations.py`` and, here, an options dataclass
 whose ``degradation()`` builds it plus one ``register_task`` call (with a two-line ``RestorationTask`` subclass in
-``task.py``: the registry records the name and options on the class).
+``task.py``: the registry records the name and options on the class). JPEG (``jpeg.py``) and demosaicking
+(``mosaic.py``) keep their degradation, task class and metric in their own module.
 
 Files: ``degradations.py`` (the degradations), ``task.py`` (the task), ``data.py`` (photos, folders, benchmark
 folders, crops), ``metrics.py`` (MATLAB bicubic, PSNR, SSIM), ``tiling.py`` (tiled inference), ``io.py`` (image
@@ -23,7 +25,7 @@ from .. import register_task
 if TYPE_CHECKING:
     from .degradations import Degradation
 
-__all__ = ["DenoiseOptions", "SROptions"]
+__all__ = ["DemosaicOptions", "DenoiseOptions", "JpegOptions", "SROptions"]
 
 _VAL_DATA_HELP = ("restoration: evaluation benchmark folder (Set5 layout: HR/ and optionally the given inputs, "
                   "e.g. LR_bicubic/X4/)")
@@ -73,3 +75,52 @@ register_task("sr", "visattn.tasks.restoration.task:SuperResolutionTask", option
               help="super-resolution: bicubic-downscaled photos back to full size (GRL)")
 register_task("denoise", "visattn.tasks.restoration.task:DenoisingTask", options=DenoiseOptions,
               help="denoising of additive Gaussian noise (GRL)")
+
+
+@dataclass(frozen=True)
+class JpegOptions:
+    """JPEG artefact removal settings."""
+
+    quality: int = field(default=10, metadata={"help": "JPEG quality factor, 1-100 (default 10; the papers use "
+                                                       "10, 20, 30, 40)"})
+    encoder: str = field(default="pillow", metadata={"help": "JPEG encoder: pillow (default) or opencv (the "
+                                                              "official code's; needs opencv-python-headless)"})
+    val_data: str | None = field(default=None, metadata={"help": "restoration: evaluation folder (clean images "
+                                                                  "such as LIVE1 / Classic5, or input/ + target/)"})
+
+    def degradation(self) -> Degradation:
+        """JPEG encoding and decoding at ``quality``."""
+        from .jpeg import JpegCompression
+
+        return JpegCompression(self.quality, self.encoder)
+
+    @staticmethod
+    def implied(meta: dict[str, Any], upscale: int | None) -> dict[str, Any]:
+        """Options of a checkpoint that records none: its degradation's quality."""
+        quality = (meta.get("degradation") or {}).get("quality")
+        return {"quality": int(quality)} if quality is not None else {}
+
+
+@dataclass(frozen=True)
+class DemosaicOptions:
+    """Demosaicking settings (the Bayer pattern is RGGB)."""
+
+    val_data: str | None = field(default=None, metadata={"help": "restoration: evaluation folder (clean images "
+                                                                  "such as Kodak24 / McMaster, or input/ + target/)"})
+
+    def degradation(self) -> Degradation:
+        """The RGGB mosaic interpolated by Malvar-He-Cutler."""
+        from .mosaic import BayerMosaic
+
+        return BayerMosaic()
+
+    @staticmethod
+    def implied(meta: dict[str, Any], upscale: int | None) -> dict[str, Any]:
+        """Nothing to recover: the mosaic has no parameters."""
+        return {}
+
+
+register_task("jpeg", "visattn.tasks.restoration.jpeg:JpegArtifactTask", options=JpegOptions,
+              help="JPEG artefact removal at --quality (GRL)")
+register_task("demosaic", "visattn.tasks.restoration.mosaic:DemosaicTask", options=DemosaicOptions,
+              help="demosaicking of a Bayer RGGB mosaic (GRL)")

@@ -6,6 +6,9 @@ Data sources (``--data``):
   :data:`TRAIN_PHOTOS` are for training and :data:`EVAL_PHOTOS` - other scenes - are held out for evaluation.
 * a folder of high-quality images (any depth of sub-folders), or one with ``train/`` and ``val/`` sub-folders.
   Without ``val/`` (and without ``--val-data``), ``val_fraction`` of the images is held out with a fixed seed.
+* a paired folder: ``input/`` (degraded images, e.g. JPEGs or mosaics) and ``target/`` (their clean images) with the
+  same file names (stems); training crops are cut at the same place in both (inputs the size of their targets), and
+  a name found on one side only is an error listing them. ``train/`` and ``val/`` may each be such a pair of folders.
 * ``--val-data``: a benchmark folder laid out like Set5 / Set14 / Urban100: ``HR/`` (or the images directly) and
   optionally the degraded inputs in one of the degradation's ``given_inputs`` folders (for x4 SR
   ``LR_bicubic/X4/``, ``LR/X4/``, ``LRbicx4/`` or ``LR/``), matched by file stem with or without an ``x<s>``
@@ -31,7 +34,8 @@ from ..base import DataError
 from ..image_io import IMAGE_EXTENSIONS, read_image_float
 
 __all__ = ["EVAL_PHOTOS", "TRAIN_PHOTOS", "EvalImages", "PatchDataset", "RestorationData", "builtin_eval_items",
-           "builtin_photos", "load_benchmark", "load_restoration_data", "scan_images"]
+           "builtin_photos", "crop_items", "is_paired", "load_benchmark", "load_pairs", "load_restoration_data",
+           "scan_images"]
 
 log = logging.getLogger("visattn")
 
@@ -119,6 +123,40 @@ def _find_input_folder(root: Path, candidates: Sequence[str]) -> Path | None:
     return None
 
 
+def is_paired(root: Path) -> bool:
+    """Whether ``root`` holds a paired dataset: ``input/`` and ``target/`` sub-folders."""
+    return (root / "input").is_dir() and (root / "target").is_dir()
+
+
+def load_pairs(root: Path, channels: int, *, scale: int = 1) -> list[tuple[str, Tensor, Tensor]]:
+    """(name, target uint8, input uint8) of a paired folder: ``input/`` and ``target/`` holding the same file names
+    (matched by stem, so ``a.jpg`` pairs with ``a.png``); each input is ``1 / scale`` of its target's size.
+
+    Raises:
+        DataError: names found on one side only (listed), or an input of the wrong size.
+    """
+    inputs = {p.stem: p for p in scan_images(root / "input")}
+    targets = {p.stem: p for p in scan_images(root / "target")}
+    only_in, only_tg = sorted(set(inputs) - set(targets)), sorted(set(targets) - set(inputs))
+    if only_in or only_tg:
+        raise DataError(f"{root}: input/ and target/ must hold the same file names; only in input/: "
+                        f"{', '.join(only_in) or '-'}; only in target/: {', '.join(only_tg) or '-'}")
+    if not inputs:
+        raise DataError(f"{root}: no image pairs in input/ and target/")
+    out = []
+    for name in sorted(inputs):
+        loaded = _load_uint8([targets[name], inputs[name]], channels)
+        if len(loaded) != 2:
+            raise DataError(f"{root}: cannot read the pair {name}")
+        (_, tg), (_, lq) = loaded
+        want = (tg.shape[-2] // scale, tg.shape[-1] // scale)
+        if scale * want[0] != tg.shape[-2] or scale * want[1] != tg.shape[-1] or tuple(lq.shape[-2:]) != want:
+            raise DataError(f"{root}: input {name} is {tuple(lq.shape[-2:])} but its target "
+                            f"{tuple(tg.shape[-2:])} needs {want}")
+        out.append((name, tg, lq))
+    return out
+
+
 def load_benchmark(root: Path, channels: int, *, scale: int = 1,
                    input_dirs: Sequence[str] = ()) -> list[tuple[str, Tensor, Tensor | None]]:
     """(name, clean uint8, given input uint8 or None) of a Set5-style folder.
@@ -129,7 +167,11 @@ def load_benchmark(root: Path, channels: int, *, scale: int = 1,
         scale: clean / input size ratio; clean images are cropped to a multiple of it, and a given input must be
             exactly ``1 / scale`` of its clean image (otherwise it is generated, with a warning).
         input_dirs: sub-folders that may hold the given inputs (the degradation's ``given_inputs``).
+
+    A paired folder (``input/`` + ``target/``, :func:`load_pairs`) gives every input.
     """
+    if is_paired(root):
+        return [(name, _mod_crop(tg, scale), lq) for name, tg, lq in load_pairs(root, channels, scale=scale)]
     hr_dir = root / "HR" if (root / "HR").is_dir() else root
     lr_dir = _find_input_folder(root, input_dirs)
     hr_files = [p for p in scan_images(hr_dir) if lr_dir is None or lr_dir not in p.parents]
@@ -165,22 +207,39 @@ def _mod_crop(x: Tensor, scale: int) -> Tensor:
     return x[..., : H - H % scale, : W - W % scale]
 
 
+def crop_items(items: Sequence[tuple[str, Tensor, Tensor | None]], multiple: int,
+               scale: int = 1) -> list[tuple[str, Tensor, Tensor | None]]:
+    """Evaluation items with their clean images cropped to a multiple of ``multiple`` (bottom / right) and their
+    given inputs to the matching ``1 / scale`` size (a Bayer mosaic needs even sides)."""
+    if multiple <= 1:
+        return list(items)
+    out = []
+    for name, clean, given in items:
+        clean = _mod_crop(clean, multiple)
+        if given is not None:
+            given = given[..., : clean.shape[-2] // scale, : clean.shape[-1] // scale]
+        out.append((name, clean, given))
+    return out
+
+
 # --- datasets ------------------------------------------------------------------------------------------------------
 
 class PatchDataset(torch.utils.data.Dataset):
     """``count`` HR crops of ``patch`` pixels from in-memory images, positions drawn once from ``seed``.
 
     Item: (uint8 (C, patch, patch), image index). Every image gets the same share of crops (weighting by area would
-    let one large, mostly flat image - retina, the Hubble field - dominate the photos).
+    let one large, mostly flat image - retina, the Hubble field - dominate the photos). ``align``: corners on a grid
+    of that step (paired mosaics keep their Bayer phase).
     """
 
-    def __init__(self, images: Sequence[Tensor], patch: int, count: int, seed: int):
+    def __init__(self, images: Sequence[Tensor], patch: int, count: int, seed: int, *, align: int = 1):
         self.images, self.patch = list(images), patch
         g = torch.Generator().manual_seed(seed)
         self.which = torch.randint(0, len(self.images), (count,), generator=g)
         u = torch.rand(count, 2, generator=g, dtype=torch.float64)
         sizes = torch.tensor([list(self.images[i].shape[-2:]) for i in self.which.tolist()], dtype=torch.float64)
-        self.corners = (u * (sizes - patch + 1)).floor().long()            # (count, 2) top-left corners
+        corners = (u * (sizes - patch + 1)).floor().long()                  # (count, 2) top-left corners
+        self.corners = corners - corners % align
 
     def __len__(self) -> int:
         return len(self.which)
@@ -230,7 +289,27 @@ def load_restoration_data(source: str, *, scale: int, channels: int, patch: int,
     record: dict[str, Any] = {"source": source, "val_data": val_data, "val_fraction": val_fraction,
                               "split_seed": split_seed}
     path = Path(source)
-    if source == "photos" and not path.exists():
+    train_root = path / "train" if is_paired(path / "train") else path
+    if is_paired(train_root):
+        if scale != 1:
+            raise DataError(f"{source}: paired training folders need a task that keeps the image size (scale "
+                            f"{scale})")
+        pairs = load_pairs(train_root, channels)
+        val_dirs = [path / n for n in ("val", "validation", "test") if (path / n).is_dir()]
+        if train_root != path and val_dirs:
+            val = load_benchmark(val_dirs[0], channels, scale=scale, input_dirs=input_dirs)
+        elif val_data is None:
+            order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(split_seed)).tolist()
+            k = max(1, round(val_fraction * len(pairs))) if len(pairs) > 1 else 0
+            held = set(order[:k])
+            val = [p for i, p in enumerate(pairs) if i in held]
+            pairs = [p for i, p in enumerate(pairs) if i not in held]
+        else:
+            val = []
+        # input and target stacked on channels: (2C, H, W), cropped together
+        train = [(n, torch.cat([lq, tg])) for n, tg, lq in pairs]
+        record["paired"] = True
+    elif source == "photos" and not path.exists():
         train = builtin_photos(TRAIN_PHOTOS, channels)
         val = builtin_eval_items(scale, channels)
         record.update(builtin=True, train=list(TRAIN_PHOTOS), val=list(EVAL_PHOTOS))

@@ -3,7 +3,8 @@
 A restoration task (``tasks/restoration/task.py``) is one :class:`Degradation` plus data: training degrades random
 clean crops on the fly, evaluation degrades whole images with a seed per image (or reads the degraded inputs a
 benchmark ships), and reports the model next to the degradation's ``baseline`` in the degradation's colour space
-with its border crop. A new restoration task is one subclass here and one registration in ``__init__.py``:
+with its border crop. A new restoration task is one subclass (here, or in its own module as ``jpeg.py`` and
+``mosaic.py``) and one registration in ``__init__.py``:
 
     class JpegDegradation(Degradation):
         name = "jpeg"; baseline_name = "jpeg"; metric_space = "rgb"
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .metrics import imresize, quantize
+from .metrics import imresize, psnr, quantize, ssim
 
 __all__ = ["BicubicDownscale", "Degradation", "GaussianNoise"]
 
@@ -39,6 +41,10 @@ class Degradation(ABC):
         metric_space: "y" (BT.601 luma, the SR benchmarks' protocol) or "rgb" (all channels).
         clipped: whether the output stays in [0, 1] (additive noise is fed unclipped, as the papers do).
         input_suffix: file-name suffix of a degraded input saved by ``visattn restore --degrade``.
+        size_multiple: clean sides the degradation accepts are multiples of it (evaluation images and ``restore
+            --degrade`` inputs are cropped to it).
+        single_channel_input: degraded input files hold one channel whatever the model's (a Bayer mosaic), so a
+            one-channel file is not a grey image to restore as grey.
 
     Instance attributes:
         scale: output / input size ratio of the model that undoes it (``upscale`` of the model config).
@@ -52,6 +58,8 @@ class Degradation(ABC):
     metric_space: ClassVar[str] = "rgb"
     clipped: ClassVar[bool] = True
     input_suffix: ClassVar[str] = "_degraded"
+    size_multiple: ClassVar[int] = 1
+    single_channel_input: ClassVar[bool] = False
     scale: int = 1
     border: int = 0
     given_inputs: tuple[str, ...] = ()
@@ -69,6 +77,25 @@ class Degradation(ABC):
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """The parameters that rebuild this degradation (JSON values)."""
+
+    def metrics(self) -> dict[str, Callable[..., Tensor]]:
+        """The evaluation's metrics by name (keys ``val_<name>``), each ``f(restored, clean, *, border, y_channel)``
+        -> per-image values; PSNR and SSIM unless a degradation adds its own (JPEG: PSNR-B)."""
+        return {"psnr": psnr, "ssim": ssim}
+
+    def input_from_file(self, image: Tensor) -> Tensor:
+        """A degraded input as stored in a file (a benchmark's given input, ``visattn restore``'s input), (B, C, h, w)
+        in [0, 1] with the model's channels -> the model input. Default: the image itself."""
+        return image
+
+    def input_to_file(self, x: Tensor) -> Tensor:
+        """A model input -> what ``visattn restore --degrade`` saves (the inverse of :meth:`input_from_file`)."""
+        return x
+
+    def check_channels(self, channels: int) -> None:
+        """A clear error when a model of ``channels`` input channels cannot undo this degradation."""
+        if channels not in (1, 3):
+            raise ValueError(f"restoration models take 1 (grey) or 3 (RGB) channels, got in_chans={channels}")
 
     @property
     def output_suffix(self) -> str:

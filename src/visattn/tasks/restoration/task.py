@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ from .data import (
     PatchDataset,
     RestorationData,
     builtin_eval_items,
+    crop_items,
     load_benchmark,
     load_restoration_data,
 )
 from .degradations import Degradation
-from .metrics import psnr, quantize, ssim
+from .metrics import quantize
 from .tiling import tiled_forward
 
 __all__ = ["RESTORATION_DEFAULTS", "DenoisingTask", "RestorationTask", "SuperResolutionTask",
@@ -78,13 +80,18 @@ class RestorationTask(Task):
                  seed: int = 0, eval_tile: int = 0, options: Any = None):
         self.degradation = degradation
         self.scale = degradation.scale
-        if patch % self.scale:
-            raise ValueError(f"the clean patch {patch} must be a multiple of the scale {self.scale}")
+        multiple = math.lcm(self.scale, degradation.size_multiple)
+        if patch % multiple:
+            raise ValueError(f"the clean patch {patch} must be a multiple of {multiple} ({degradation.describe()})")
+        degradation.check_channels(channels)
         self.patch, self.channels, self.eval_tile, self.options = patch, channels, eval_tile, options
         self.data = data
         count = max(PATCHES_PER_IMAGE * len(data.train), 1)
-        self.train_set = PatchDataset([x for _, x in data.train], patch, count, seed) if data.train else None
-        self.val_set = EvalImages(data.val)
+        # paired training images (input/ + target/) are stored as input and target stacked on channels, cropped
+        # on the grid of size_multiple (a Bayer mosaic keeps its phase)
+        self.train_set = PatchDataset([x for _, x in data.train], patch, count, seed,
+                                      align=degradation.size_multiple) if data.train else None
+        self.val_set = EvalImages(crop_items(data.val, degradation.size_multiple, self.scale))
         self.img_size = patch // self.scale                                 # model input side in training
         self.eval_label = data.source.get("val_data") or data.source.get("source", "")
 
@@ -102,9 +109,12 @@ class RestorationTask(Task):
         degradation = cls.make_degradation(options)
         scale = degradation.scale
         channels = int(run.model_overrides.get("in_chans", 3))
+        degradation.check_channels(channels)
         patch = run.img_size or max(64, 32 * scale)
-        if patch % scale:
-            raise DataError(f"--img-size {patch} (the clean training patch) must be a multiple of the scale {scale}")
+        multiple = math.lcm(scale, degradation.size_multiple)
+        if patch % multiple:
+            raise DataError(f"--img-size {patch} (the clean training patch) must be a multiple of {multiple} "
+                            f"({degradation.describe()})")
         data = load_restoration_data(run.data, scale=scale, channels=channels, patch=patch,
                                      input_dirs=degradation.given_inputs, val_data=options.val_data,
                                      val_fraction=run.val_fraction, train_limit=run.train_limit,
@@ -165,8 +175,8 @@ class RestorationTask(Task):
             items = items[:limit]
         if not items:
             raise DataError(f"{label}: no evaluation images")
-        return cls(RestorationData(train=[], val=items, source={"source": label}), degradation, patch=scale,
-                   channels=channels, options=options)
+        return cls(RestorationData(train=[], val=items, source={"source": label}), degradation,
+                   patch=math.lcm(scale, degradation.size_multiple), channels=channels, options=options)
 
     # --- training hooks -----------------------------------------------------------------------------------------
     def model_overrides(self) -> dict[str, Any]:
@@ -186,12 +196,20 @@ class RestorationTask(Task):
     def augment(self, images: Tensor, generator: torch.Generator, global_batch: int,
                 offset: int) -> tuple[Tensor, Tensor]:
         """(input, target) of this process's slice of a global batch of uint8 clean patches: a random flip /
-        rotation, then the degradation with its own seed per sample (both drawn for the whole global batch)."""
+        rotation, then the degradation with its own seed per sample (both drawn for the whole global batch).
+        Paired patches (given input and target stacked on channels) take the given input through the degradation's
+        ``input_from_file`` and then the same flip / rotation as their target."""
         n = images.shape[0]
         k = torch.randint(0, 8, (global_batch,), generator=generator)[offset:offset + n]
         seeds = torch.randint(0, 2 ** 62, (global_batch,), generator=generator)[offset:offset + n]
-        clean = images.float() / 255
-        clean = torch.stack([_dihedral(im, int(t)) for im, t in zip(clean, k)])
+        images = images.float() / 255
+        if images.shape[1] == 2 * self.channels:                          # (B, 2C, p, p): given input, target
+            given, clean = images[:, :self.channels], images[:, self.channels:]
+            inputs = torch.cat([self.degradation.input_from_file(g[None]) for g in given])
+            inputs = torch.stack([_dihedral(im, int(t)) for im, t in zip(inputs, k)])
+            clean = torch.stack([_dihedral(im, int(t)) for im, t in zip(clean, k)])
+            return inputs, clean
+        clean = torch.stack([_dihedral(im, int(t)) for im, t in zip(images, k)])
         inputs = torch.cat([self.degradation(c[None], torch.Generator().manual_seed(int(s)))
                             for c, s in zip(clean, seeds)])
         return inputs, clean
@@ -200,7 +218,7 @@ class RestorationTask(Task):
         """The deterministic (1, C, h, w) model input of evaluation image ``index`` (uint8 (C, H, W) ``clean``; a
         benchmark's ``given`` input wins)."""
         if given is not None:
-            return given.float()[None] / 255
+            return self.degradation.input_from_file(given.float()[None] / 255)
         return self.degradation.eval_input(clean.float()[None] / 255, index)
 
     def loss(self, out: Tensor, target: Tensor) -> Tensor:
@@ -213,9 +231,10 @@ class RestorationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, ctx: EvalContext | None = None) -> dict[str, Any]:
-        """L1, PSNR and SSIM of 8-bit outputs over whole images, and the same for the degradation's baseline, in its
-        colour space with its border crop; each process takes every world_size-th image and the sums are reduced.
-        Besides the numbers: ``degradation`` (its parameters) and ``data`` (what was evaluated)."""
+        """L1 and the degradation's metrics (PSNR, SSIM; JPEG adds PSNR-B) of 8-bit outputs over whole images, and the
+        same for the degradation's baseline, in its colour space with its border crop; each process takes every
+        world_size-th image and the sums are reduced. Besides the numbers: ``degradation`` (its parameters) and
+        ``data`` (what was evaluated)."""
         ctx = ctx or EvalContext()
         self.check_model(model)
         ds = self.val_set if ctx.dataset is None else ctx.dataset
@@ -229,7 +248,9 @@ class RestorationTask(Task):
             with ctx.amp():
                 return model(t.to(ctx.device)).float().cpu()
 
-        sums = torch.zeros(6, dtype=torch.float64)                      # l1, psnr, ssim, base psnr, base ssim, n
+        metrics = d.metrics()
+        m = len(metrics)
+        sums = torch.zeros(2 + 2 * m, dtype=torch.float64)              # l1, model metrics, baseline metrics, n
         for i in range(dist_info.rank, len(ds), dist_info.world_size):
             _, clean_u8, given = ds[i]
             x = self.prepare_eval(clean_u8, given, i)
@@ -237,22 +258,31 @@ class RestorationTask(Task):
             out = tiled_forward(run, x, scale=self.scale, tile=self.eval_tile, overlap=16)
             out = out[..., :clean.shape[-2], :clean.shape[-1]]
             base = d.baseline(x, tuple(clean.shape[-2:]))
-            metrics = [f(a, clean, border=d.border, y_channel=y)[0]
-                       for a in (quantize(out), base) for f in (psnr, ssim)]
-            sums += torch.tensor([float(F.l1_loss(out, clean)), *map(float, metrics), 1.0], dtype=torch.float64)
+            values = [f(a, clean, border=d.border, y_channel=y)[0]
+                      for a in (quantize(out), base) for f in metrics.values()]
+            sums += torch.tensor([float(F.l1_loss(out, clean)), *map(float, values), 1.0], dtype=torch.float64)
         model.train(was_training)
         sums = all_reduce_sum(sums, dist_info)
-        n = max(float(sums[5]), 1.0)
+        n = max(float(sums[-1]), 1.0)
         b = d.baseline_name
-        return {"val_loss": float(sums[0]) / n, "val_psnr": float(sums[1]) / n, "val_ssim": float(sums[2]) / n,
-                f"val_{b}_psnr": float(sums[3]) / n, f"val_{b}_ssim": float(sums[4]) / n, "val_count": len(ds),
-                "degradation": d.meta(), "data": self.eval_label}
+        result = {"val_loss": float(sums[0]) / n}
+        for j, name in enumerate(metrics):
+            result[f"val_{name}"] = float(sums[1 + j]) / n
+            result[f"val_{b}_{name}"] = float(sums[1 + m + j]) / n
+        return {**result, "val_count": len(ds), "degradation": d.meta(), "data": self.eval_label}
+
+    def _extra_metrics(self, row: dict[str, Any]) -> str:
+        # metrics beyond PSNR / SSIM (PSNR-B), model then baseline
+        b = self.degradation.baseline_name
+        names = [n for n in self.degradation.metrics() if n not in ("psnr", "ssim") and f"val_{n}" in row]
+        return "".join(f"  {n.upper()} {row[f'val_{n}']:.2f} ({b}: {row[f'val_{b}_{n}']:.2f})" for n in names)
 
     def epoch_summary(self, row: dict[str, Any]) -> str:
         b = self.degradation.baseline_name
         ema = f" (ema {row['ema_val_psnr']:.2f})" if "ema_val_psnr" in row else ""
         return (f"train_l1 {row['train_loss']:.4f}  val PSNR {row['val_psnr']:.2f} dB{ema}  SSIM "
-                f"{row['val_ssim']:.4f}  ({b}: {row[f'val_{b}_psnr']:.2f} dB / {row[f'val_{b}_ssim']:.4f})")
+                f"{row['val_ssim']:.4f}  ({b}: {row[f'val_{b}_psnr']:.2f} dB / {row[f'val_{b}_ssim']:.4f})"
+                f"{self._extra_metrics(row)}")
 
     def write_plots(self, run: Path, rows: list[dict[str, Any]], result: dict[str, Any], title: str) -> list[str]:
         """``curves.png``: training L1 and validation PSNR (with the baseline) against steps."""
@@ -286,7 +316,7 @@ class RestorationTask(Task):
         b = self.degradation.baseline_name
         return (f"PSNR {result['val_psnr']:.2f} dB  SSIM {result['val_ssim']:.4f}  ({b}: "
                 f"{result[f'val_{b}_psnr']:.2f} dB / {result[f'val_{b}_ssim']:.4f}; {result['val_count']} images, "
-                f"{self.eval_label}; {self.degradation.describe()})")
+                f"{self.eval_label}; {self.degradation.describe()}){self._extra_metrics(result)}")
 
     @classmethod
     def predict(cls, model: nn.Module, meta: dict[str, Any], options: Any, request: PredictRequest) -> int:
