@@ -209,11 +209,10 @@ class PairedRestorationTask(RestorationTask):
             recorded = False
         groups = cls._paired(source, views)
         if groups:
-            if recorded and not saved.get("val_data"):
-                groups = [g for g in groups if g.split == "val"] or groups
-            items = load_pairs(groups, channels, root=Path(source))
-            if recorded and saved.get("paired") and not saved.get("val_data") \
-                    and not any(g.split == "val" for g in cls._paired(source, views)):
+            held_out = recorded and not saved.get("val_data")      # the run's own evaluation share of its data
+            val_groups = [g for g in groups if g.split == "val"]
+            items = load_pairs(val_groups if held_out and val_groups else groups, channels, root=Path(source))
+            if held_out and not val_groups:
                 items = _hold_out(items, saved.get("val_fraction", 0.1), 0)[1]
         elif source == "photos":
             items = builtin_eval_items(1, channels)
