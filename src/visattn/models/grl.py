@@ -10,8 +10,11 @@ in two halves: shifted-window cosine attention (``attention/window_v2.py``) on o
 (``attention/anchored_stripe.py``) on the other; the two outputs are concatenated and projected. Layers alternate
 horizontal and vertical stripes, shift the windows every other layer and the stripes in layers 2, 3 of every 4.
 Reconstruction: ``pixelshuffle`` (conv + LeakyReLU, conv + PixelShuffle per factor 2 or one for 3, conv),
-``pixelshuffledirect`` (one conv + PixelShuffle, GRL-T) or, with ``upscale=1`` (denoising), a conv3x3 added to the
-input. The RGB mean of DIV2K is subtracted first and added back at the end.
+``pixelshuffledirect`` (one conv + PixelShuffle, GRL-T), ``nearest+conv`` (real-world SR x4: conv + LeakyReLU, two
+nearest x2 upsamplings each followed by conv + LeakyReLU(0.2), conv + LeakyReLU(0.2), conv) or, with ``upscale=1``
+(denoising, deblurring), a conv3x3 added to the input - or alone when ``out_chans`` differs from ``in_chans`` (the
+6-channel dual-pixel input of defocus deblurring restored to 3 channels). The RGB mean of DIV2K is subtracted first
+and added back at the end (3-channel inputs only, as the official code).
 
 Deviations:
 - ``stripe_groups`` stripes follow the axis they cut (stripe height = H / G0, width = W / G1). The official code
@@ -52,7 +55,8 @@ class GRLConfig:
 
     in_chans: int = 3
     upscale: int = 4  # 2, 3, 4 (any power of 2 with pixelshuffle) for super-resolution, 1 for denoising
-    upsampler: str = "pixelshuffledirect"  # or "pixelshuffle"; upscale 1 uses the conv head of denoising
+    upsampler: str = "pixelshuffledirect"  # "pixelshuffle", "nearest+conv" (x4); upscale 1: the conv head
+    out_chans: int | None = None  # output channels (None: in_chans), e.g. 3 for a 6-channel dual-pixel input
     embed_dim: int = 64
     depths: tuple[int, ...] = (4, 4, 4, 4)
     num_heads_window: tuple[int, ...] = (2, 2, 2, 2)
@@ -212,11 +216,20 @@ class GRL(VisionModel):
                              f"num_heads_stripe {config.num_heads_stripe} must have the same length")
         if config.upscale < 1:
             raise ValueError(f"upscale must be >= 1, got {config.upscale}")
-        if config.upscale > 1 and config.upsampler not in ("pixelshuffle", "pixelshuffledirect"):
-            raise ValueError(f"upsampler must be 'pixelshuffle' or 'pixelshuffledirect', got {config.upsampler!r}")
+        if config.upscale > 1 and config.upsampler not in ("pixelshuffle", "pixelshuffledirect", "nearest+conv"):
+            raise ValueError(f"upsampler must be 'pixelshuffle', 'pixelshuffledirect' or 'nearest+conv', got "
+                             f"{config.upsampler!r}")
+        if config.upscale > 1 and config.upsampler == "nearest+conv" and config.upscale != 4:
+            raise ValueError(f"the nearest+conv upsampler upscales x4 only (as the official one), got upscale "
+                             f"{config.upscale}")
+        out_chans = config.out_chans or config.in_chans
+        if config.in_chans == 3 and out_chans != 3:
+            raise ValueError(f"an RGB (3-channel) input gives 3 output channels, got out_chans {out_chans}")
         self.config = config
+        self.out_chans = out_chans
         C = config.embed_dim
-        mean = config.rgb_mean if config.in_chans == 3 else (0.0,) * config.in_chans
+        # The RGB mean for 3-channel inputs, else zero (official: one zero for any other channel count).
+        mean = config.rgb_mean if config.in_chans == 3 else (0.0,)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         # Inputs are reflect-padded to a multiple of this (official GRL.pad_size).
         stripes = [s or 0 for s in config.stripe_size]
@@ -235,14 +248,23 @@ class GRL(VisionModel):
         self.conv_after_body = nn.Conv2d(C, C, 3, padding=1)
         s = config.upscale
         if s == 1:
-            self.conv_last = nn.Conv2d(C, config.in_chans, 3, padding=1)
+            self.conv_last = nn.Conv2d(C, out_chans, 3, padding=1)
         elif config.upsampler == "pixelshuffle":
             width = config.upsample_features
             self.conv_before_upsample = nn.Sequential(nn.Conv2d(C, width, 3, padding=1), nn.LeakyReLU(inplace=True))
             self.upsample = nn.Sequential(*_pixelshuffle_layers(s, width))
-            self.conv_last = nn.Conv2d(width, config.in_chans, 3, padding=1)
+            self.conv_last = nn.Conv2d(width, out_chans, 3, padding=1)
+        elif config.upsampler == "nearest+conv":
+            # official key names: conv_before_upsample.0, conv_up1, conv_up2, conv_hr, conv_last
+            width = config.upsample_features
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(C, width, 3, padding=1), nn.LeakyReLU(inplace=True))
+            self.conv_up1 = nn.Conv2d(width, width, 3, padding=1)
+            self.conv_up2 = nn.Conv2d(width, width, 3, padding=1)
+            self.conv_hr = nn.Conv2d(width, width, 3, padding=1)
+            self.conv_last = nn.Conv2d(width, out_chans, 3, padding=1)
+            self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
         else:
-            self.upsample = nn.Sequential(*_pixelshuffle_layers(s, C, config.in_chans))
+            self.upsample = nn.Sequential(*_pixelshuffle_layers(s, C, out_chans))
         self.num_features = C
         self.feature_info = [{"num_chs": C, "reduction": 1, "module": "norm_end"}]
         # Linear layers (the position-bias MLPs included): truncated normal std 0.02, zero bias; convs keep PyTorch's
@@ -250,10 +272,10 @@ class GRL(VisionModel):
         init_trunc_normal_(self)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """(B, in_chans, H, W) -> (B, in_chans, H * upscale, W * upscale)."""
+        """(B, in_chans, H, W) -> (B, out_chans, H * upscale, W * upscale)."""
         B, _, H, W = input_shape
         s = self.config.upscale
-        return (B, self.config.in_chans, H * s, W * s)
+        return (B, self.out_chans, H * s, W * s)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
@@ -303,7 +325,7 @@ class GRL(VisionModel):
     def forward(self, x: Tensor) -> Tensor:
         """Restore an image in [0, 1] (the training range; nothing clamps it).
 
-        Shape: (B, in_chans, H, W) -> (B, in_chans, H * upscale, W * upscale); any H, W >= 8.
+        Shape: (B, in_chans, H, W) -> (B, out_chans, H * upscale, W * upscale); any H, W >= 8.
         """
         self.check_input(x)
         H, W = x.shape[-2:]
@@ -311,9 +333,16 @@ class GRL(VisionModel):
         feat = self.conv_first(x)
         body = self.conv_after_body(self.forward_features(feat)) + feat
         if self.config.upscale == 1:
-            out = x + self.conv_last(body)
+            out = self.conv_last(body)
+            if self.out_chans == self.config.in_chans:
+                out = out + x
         elif self.config.upsampler == "pixelshuffle":
             out = self.conv_last(self.upsample(self.conv_before_upsample(body)))
+        elif self.config.upsampler == "nearest+conv":
+            y = self.conv_before_upsample(body)
+            y = self.lrelu(self.conv_up1(F.interpolate(y, scale_factor=2, mode="nearest")))   # (B, F, 2H, 2W)
+            y = self.lrelu(self.conv_up2(F.interpolate(y, scale_factor=2, mode="nearest")))   # (B, F, 4H, 4W)
+            out = self.conv_last(self.lrelu(self.conv_hr(y)))
         else:
             out = self.upsample(body)
         out = out / self.config.img_range + self.mean
@@ -377,6 +406,11 @@ _BASE = dict(embed_dim=180, depths=(4, 4, 8, 8, 8, 4, 4), num_heads_window=(3,) 
 # GRL-B: the official test script (scripts/grl/grl_test.md) evaluates its SR and denoising weights with anchor down
 # factor 2 and, for denoising, window 32.
 _BASE_TEST = dict(anchor_down_factor=2)
+_DEBLUR_MOTION = dict(upscale=1, window_size=12, stripe_size=(48, 96), stripe_groups=(None, None), anchor_down_factor=4)
+_DEBLUR_DEFOCUS = dict(upscale=1, window_size=16, stripe_size=(48, 96), stripe_groups=(None, None),
+                       anchor_down_factor=4)
+_REALSR = dict(upscale=4, upsampler="nearest+conv", window_size=16, stripe_size=(64, 64), stripe_groups=(None, None),
+               anchor_down_factor=4)
 
 VARIANTS = {
     # super-resolution x4 (the official model configs' default scale), SR experiment windows and stripes
@@ -395,6 +429,12 @@ VARIANTS = {
     "grl_small_jpeg": GRLConfig(**_SMALL, **_JPEG),
     "grl_small_jpeg_gray": GRLConfig(**_SMALL, **_JPEG, in_chans=1),
     "grl_small_demosaic": GRLConfig(**_SMALL, **_DM),
+    # motion / defocus deblurring and real-world SR: config/experiment/{db_motion,db_defocus}/grl_p480.yaml and
+    # bsr/grl_psnr.yaml (their anchor down factor 4; the official test script overrides nothing for them)
+    "grl_base_deblur_motion": GRLConfig(**_BASE, **_DEBLUR_MOTION),
+    "grl_base_deblur_defocus": GRLConfig(**_BASE, **_DEBLUR_DEFOCUS),
+    "grl_base_deblur_defocus_dp": GRLConfig(**_BASE, **_DEBLUR_DEFOCUS, in_chans=6, out_chans=3),
+    "grl_base_realsr": GRLConfig(**{**_BASE, **_REALSR}),
 }
 # Exact counts of the official GRL class built with these configs (counted in the reference environment); the paper
 # rounds them to SR x4 0.91M / 3.49M / 20.20M, SR x2 0.89M / 3.34M / 20.05M, denoising 0.88M / 3.12M / 19.81M.
@@ -411,5 +451,15 @@ REFERENCE_PARAMS = {
     "grl_small_jpeg": 3_120_227,
     "grl_small_jpeg_gray": 3_115_617,
     "grl_small_demosaic": 3_120_227,
+    # Not counted with the official class (the reference environment could not run it); established from its
+    # constructor: windows, stripes and the anchor factor add no parameters (continuous position-bias MLPs, average
+    # pooled anchors), so the two deblurring models count as grl_base_denoise; the 6-channel input adds 3 x 180 x 9
+    # weights to conv_first; nearest+conv replaces the two conv + PixelShuffle(2) steps of grl_base (2 x (64 x 256 x
+    # 9 + 256)) by conv_up1, conv_up2, conv_hr (3 x (64 x 64 x 9 + 64)). tests/test_grl_tasks_deblur_realsr.py
+    # checks these against key manifests derived from the official ones.
+    "grl_base_deblur_motion": 19_805_263,
+    "grl_base_deblur_defocus": 19_805_263,
+    "grl_base_deblur_defocus_dp": 19_805_263 + 3 * 180 * 9,
+    "grl_base_realsr": 20_201_299 - 2 * (64 * 256 * 9 + 256) + 3 * (64 * 64 * 9 + 64),
 }
 register_models(GRL, VARIANTS, reference_params=REFERENCE_PARAMS)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .degradations import Degradation
 
 __all__ = ["DemosaicOptions", "DenoiseOptions", "JpegOptions", "SROptions"]
+__all__ = ["DefocusDeblurOptions", "DenoiseOptions", "MotionDeblurOptions", "RealSROptions", "SROptions"]
 
 _VAL_DATA_HELP = ("restoration: evaluation benchmark folder (Set5 layout: HR/ and optionally the given inputs, "
                   "e.g. LR_bicubic/X4/)")
@@ -124,3 +125,79 @@ register_task("jpeg", "visattn.tasks.restoration.jpeg:JpegArtifactTask", options
               help="JPEG artefact removal at --quality (GRL)")
 register_task("demosaic", "visattn.tasks.restoration.mosaic:DemosaicTask", options=DemosaicOptions,
               help="demosaicking of a Bayer RGGB mosaic (GRL)")
+# --- deblurring and real-world super-resolution (tasks/restoration/blur.py, paired.py, realsr.py) ---------------
+
+_PAIRED_VAL_HELP = ("restoration: evaluation folder: pairs (input/ or blur/ beside target/ or sharp/; dual-pixel "
+                    "inputL/ + inputR/ or DPDD's _l/_r/_c folders) or clean images")
+
+
+@dataclass(frozen=True)
+class MotionDeblurOptions:
+    """Motion deblurring settings."""
+
+    kernel_size: int = field(default=21, metadata={"help": "deblur-motion: largest random motion kernel, odd "
+                                                           "(default 21)"})
+    val_data: str | None = field(default=None, metadata={"help": _PAIRED_VAL_HELP})
+
+    def degradation(self) -> Degradation:
+        """Random camera-shake kernels (Boracchi-Foi trajectories) up to ``kernel_size`` pixels."""
+        from .blur import MotionBlur
+
+        return MotionBlur(self.kernel_size)
+
+    @staticmethod
+    def implied(meta: dict[str, Any], upscale: int | None) -> dict[str, Any]:
+        """Nothing to infer from a checkpoint without options."""
+        return {}
+
+
+@dataclass(frozen=True)
+class DefocusDeblurOptions:
+    """Defocus deblurring settings."""
+
+    max_radius: float = field(default=6.0, metadata={"help": "deblur-defocus: largest disk radius in pixels "
+                                                             "(default 6)"})
+    min_radius: float = field(default=1.0, metadata={"help": "deblur-defocus: smallest disk radius (default 1)"})
+    dual_pixel: bool = field(default=False, metadata={"help": "deblur-defocus: 6-channel left / right dual-pixel "
+                                                              "views as input (model in_chans 6, out_chans 3)"})
+    val_data: str | None = field(default=None, metadata={"help": _PAIRED_VAL_HELP})
+
+    def degradation(self) -> Degradation:
+        """Disks of a random radius; dual-pixel: the two half-aperture views."""
+        from .blur import DefocusBlur
+
+        return DefocusBlur(self.max_radius, self.min_radius, self.dual_pixel)
+
+    @staticmethod
+    def implied(meta: dict[str, Any], upscale: int | None) -> dict[str, Any]:
+        """A checkpoint without options whose model takes 6 channels is a dual-pixel one."""
+        config = meta.get("config") or {}
+        return {"dual_pixel": True} if config.get("in_chans") == 6 else {}
+
+
+@dataclass(frozen=True)
+class RealSROptions:
+    """Real-world super-resolution settings."""
+
+    scale: int = field(default=4, metadata={"help": "super-resolution factor (default 4)"})
+    val_data: str | None = field(default=None, metadata={"help": _VAL_DATA_HELP})
+
+    def degradation(self) -> Degradation:
+        """The randomised second-order degradation (blur, resize, noise, JPEG, twice)."""
+        from .realsr import SecondOrderDegradation
+
+        return SecondOrderDegradation(self.scale)
+
+    @staticmethod
+    def implied(meta: dict[str, Any], upscale: int | None) -> dict[str, Any]:
+        """Options of a checkpoint that records none: its scale."""
+        scale = meta.get("scale") or upscale
+        return {"scale": int(scale)} if scale else {}
+
+
+register_task("deblur-motion", "visattn.tasks.restoration.paired:MotionDeblurTask", options=MotionDeblurOptions,
+              help="motion deblurring: random camera-shake blur or GoPro-style pairs (GRL)")
+register_task("deblur-defocus", "visattn.tasks.restoration.paired:DefocusDeblurTask", options=DefocusDeblurOptions,
+              help="defocus deblurring: random disk blur or DPDD pairs, single image or dual-pixel (GRL)")
+register_task("real-sr", "visattn.tasks.restoration.realsr:RealSRTask", options=RealSROptions,
+              help="real-world super-resolution: randomised second-order degradation, L1 (GRL)")
