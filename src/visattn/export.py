@@ -163,10 +163,42 @@ class _FewShotForward(_Forward):
         return self.model(x, support, support_mask)
 
 
+class _AttentionLayer(VisionModel):
+    """A registered attention module, a (B, C, H, W) -> (B, C', H', W') drop-in, exported like a model with one
+    input of any size (its example input gives the channels)."""
+
+    task = "layer"
+    input_ndim = 4
+    min_input_size = 1
+
+    def __init__(self, layer: nn.Module, channels: int):
+        super().__init__()
+        self.layer, self.channels = layer, channels
+
+    def example_inputs(self, batch: int = 2, size: int | tuple[int, int] | None = None, **_: Any) -> tuple[Tensor]:
+        h, w = (size, size) if isinstance(size, int) else (size or (8, 8))
+        return (torch.zeros(batch, self.channels, h, w),)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+
+def _as_model(module: nn.Module, example: Tensor | dict[str, Tensor] | None) -> nn.Module:
+    # attention modules (visattn.create_attention) export with an example input; other plain modules do not
+    from .registry import get_attention_class, list_attention
+
+    registered = {get_attention_class(n) for n in list_attention()}
+    if not isinstance(module, VisionModel) and type(module) in registered and isinstance(example, Tensor) \
+            and example.ndim == 4:
+        return _AttentionLayer(module, example.shape[1])
+    return module
+
+
 def _prepare(model: nn.Module, dtype: str | torch.dtype) -> tuple[VisionModel, torch.dtype]:
     if not isinstance(model, VisionModel):
         raise ValueError(f"export takes a visattn model (a visattn.layers.model.VisionModel: task, input_ndim, "
-                         f"min_input_size, input_names, example_inputs), got {type(model).__name__}")
+                         f"min_input_size, input_names, example_inputs) or a registered attention module with a "
+                         f"(B, C, H, W) example input, got {type(model).__name__}")
     dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
@@ -208,7 +240,7 @@ def export_program(model: nn.Module, example: Tensor | dict[str, Tensor] | None 
     Raises:
         ValueError: the model cannot be traced with the requested dynamic dimensions (the message names them).
     """
-    model, dtype = _prepare(model, dtype)
+    model, dtype = _prepare(_as_model(model, example), dtype)
     inputs = _as_inputs(model, example, dtype)
     shapes = _dynamic_shapes(model, inputs, dynamic_size, dynamic_batch)
     wrapper = _FewShotForward(model) if _is_fewshot(model) else _Forward(model)
