@@ -197,7 +197,10 @@ def test_grad_checkpointing_matches(name: str) -> None:
     model.set_grad_checkpointing(True)
     model(*inputs).sum().backward()
     for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4, msg=n)
+        # float32 summation noise grows with a gradient's magnitude (the stem of the 101-layer ResNet reaches ~60,
+        # off by 2.7e-5 = 5e-7 of it): the absolute tolerance scales with the tensor
+        scale = max(1.0, float(grads[n].abs().max()))
+        torch.testing.assert_close(p.grad, grads[n], atol=1e-5 * scale, rtol=1e-4, msg=n)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -289,7 +292,10 @@ def test_compile_fullgraph_training_matches_eager(name: str) -> None:
     got.square().mean().backward()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4, msg=n)
+        # float32 summation noise grows with a gradient's magnitude (the stem of the 101-layer ResNet reaches ~60,
+        # off by 2.7e-5 = 5e-7 of it): the absolute tolerance scales with the tensor
+        scale = max(1.0, float(grads[n].abs().max()))
+        torch.testing.assert_close(p.grad, grads[n], atol=1e-5 * scale, rtol=1e-4, msg=n)
 
 
 # --- the model contract (visattn.layers.model.VisionModel) -------------------------------------------------------
