@@ -453,6 +453,15 @@ GRL_GOLDEN = {
     "grl_denoise_gray": (dict(in_channels=1, upscale=1, upsampler="", embed_dim=24, depths=[4],
                               num_heads_window=[2], num_heads_stripe=[3], window_size=8, stripe_size=[8, 16],
                               stripe_groups=[None, None], anchor_window_down_factor=4), (1, 1, 30, 20)),
+    # dual-pixel defocus deblurring: 6 input channels to 3 (conv_last without the input residual, no RGB mean), CAB
+    "grl_dp6to3": (dict(in_channels=6, out_channels=3, upscale=1, upsampler="", embed_dim=18, depths=[4],
+                        num_heads_window=[3], num_heads_stripe=[3], window_size=4, stripe_size=[8, 4],
+                        stripe_groups=[None, None], anchor_window_down_factor=2, local_connection=True),
+                   (1, 6, 20, 28)),
+    # real-world SR's nearest+conv x4 head (two nearest x2 + conv + LeakyReLU(0.2), conv_hr, conv_last), 14x18 input
+    "grl_realsr_nearest_conv": (dict(in_channels=3, upscale=4, upsampler="nearest+conv", embed_dim=16, depths=[2],
+                                     num_heads_window=[2], num_heads_stripe=[2], window_size=4, stripe_size=[4, 8],
+                                     stripe_groups=[None, None], anchor_window_down_factor=2), (1, 3, 14, 18)),
 }
 GRL_SHARED = dict(img_size=64, mlp_ratio=2, stripe_shift=True, qkv_proj_type="linear", anchor_proj_type="avgpool",
                   anchor_one_stage=True, out_proj_type="linear", conv_type="1conv", init_method="n")
@@ -471,6 +480,8 @@ GRL_MANIFESTS = {  # visattn variant -> official arguments
 def _grl_ours(kw: dict) -> dict:
     # official GRL arguments -> visattn GRLConfig overrides
     out = {k: kw[k] for k in ("upscale", "embed_dim", "window_size", "local_connection") if k in kw}
+    if kw.get("out_channels") is not None:
+        out["out_chans"] = kw["out_channels"]
     out.update(in_chans=kw["in_channels"], upsampler=kw["upsampler"] or "pixelshuffle",
                depths=kw["depths"], num_heads_window=kw["num_heads_window"], num_heads_stripe=kw["num_heads_stripe"],
                stripe_size=kw["stripe_size"], stripe_groups=kw["stripe_groups"],

@@ -451,12 +451,11 @@ REFERENCE_PARAMS = {
     "grl_small_jpeg": 3_120_227,
     "grl_small_jpeg_gray": 3_115_617,
     "grl_small_demosaic": 3_120_227,
-    # Not counted with the official class (the reference environment could not run it); established from its
-    # constructor: windows, stripes and the anchor factor add no parameters (continuous position-bias MLPs, average
-    # pooled anchors), so the two deblurring models count as grl_base_denoise; the 6-channel input adds 3 x 180 x 9
-    # weights to conv_first; nearest+conv replaces the two conv + PixelShuffle(2) steps of grl_base (2 x (64 x 256 x
-    # 9 + 256)) by conv_up1, conv_up2, conv_hr (3 x (64 x 64 x 9 + 64)). tests/test_grl_tasks_deblur_realsr.py
-    # checks these against key manifests derived from the official ones.
+    # Counted with the official class too (config/experiment/{db_motion,db_defocus}/grl_p480.yaml, bsr/grl_psnr.yaml
+    # settings; in_channels 6 / out_channels 3 for dual-pixel). Why: windows, stripes and the anchor factor add no
+    # parameters (continuous position-bias MLPs, average-pooled anchors), so the deblurring models count as
+    # grl_base_denoise; the 6-channel input adds 3 x 180 x 9 conv_first weights; nearest+conv replaces grl_base's two
+    # conv + PixelShuffle(2) steps (2 x (64 x 256 x 9 + 256)) by conv_up1, conv_up2, conv_hr (3 x (64 x 64 x 9 + 64)).
     "grl_base_deblur_motion": 19_805_263,
     "grl_base_deblur_defocus": 19_805_263,
     "grl_base_deblur_defocus_dp": 19_805_263 + 3 * 180 * 9,
