@@ -46,6 +46,13 @@ class DistInfo:
         return self.world_size > 1
 
 
+def release_distributed(created: bool) -> None:
+    """Destroy the process group :func:`init_distributed` created (``created``), so that its communication threads
+    end before the interpreter does (left running, gloo's can abort a process at exit)."""
+    if created and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed(device_type: str, *, group_of_one: bool = False) -> DistInfo:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); a single process otherwise.
 

@@ -58,6 +58,7 @@ from .distributed import (
     convert_sync_batchnorm,
     full_state_dict,
     init_distributed,
+    release_distributed,
     shard_model,
 )
 from .tasks import options_to_dict
@@ -351,9 +352,20 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     Returns:
         the final metrics (also written to ``summary.json``).
     """
-    # --- processes, devices, determinism ----------------------------------------------------------------------
+    import torch.distributed as dist
+
     device = resolve_device(cfg.device)
+    created = not dist.is_initialized()
     info = init_distributed(device.type, group_of_one=cfg.fsdp)
+    created = created and dist.is_initialized()                       # this call made the process group
+    try:
+        return _train(cfg, resume, device, info)
+    finally:
+        release_distributed(created)
+
+
+def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
+    # --- processes, devices, determinism ----------------------------------------------------------------------
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
     if cfg.threads:
