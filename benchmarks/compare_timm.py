@@ -19,7 +19,7 @@ Everything is measured side by side in one process on the same weights (timm's r
   and peak memory of live tensors (``visattn.bench.peak_memory``; CPU has no allocator statistics).
 * compile (``--compile``): ``torch.compile`` of both models, inference img/s compiled and eager.
 * allocator (``--keep-freed-memory``): glibc keeps freed large buffers for reuse (``visattn.allocator``), for both
-  models alike since they share the process; off by default, as in a plain Python session.
+  models alike since they share the process; off by default, as in a plain Python process.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def visattn(*args: str, env: dict[str, str] | None = None, check: bool = True,
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uninterrupted tiny training run, shared by every test (and every xdist worker, via a file lock)."""
     root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):                          # workers' folders share this session's parent
+    if os.environ.get("PYTEST_XDIST_WORKER"):                          # workers' folders share this test run's parent
         root = root.parent
     run = root / "visattn_tiny_run"
     with open(root / "visattn_tiny_run.lock", "w") as lock:

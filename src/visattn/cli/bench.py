@@ -165,12 +165,9 @@ def environment_report(argv: list[str], device: object, threads: int | None) -> 
                                 cwd=os.path.dirname(visattn.__file__), timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from ..machine import cpu_info
+
+    cpu = cpu_info()["model"]
     lines = [
         f"command: visattn bench {' '.join(argv[2:] if argv[1:2] == ['bench'] else argv[1:])}",
         f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",

@@ -65,10 +65,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoint import resolve_model_file, write_json_atomic
-    from ..tasks import get_task, options_from_dict
     from ..tasks.base import EvalContext
-    from ..train import check_model_for_task
-    from ._common import apply_runtime, task_options_given
+    from ._common import apply_runtime
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -76,11 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     device = apply_runtime(args)
     model, meta = load_model_from_args(args)
-    name = args.task or meta.get("task") or _task_of_model(model)
-    task_cls = get_task(name)
-    check_model_for_task(type(model), task_cls, meta.get("model") or type(model).__name__)
-    options = options_from_dict(task_cls.Options, {**meta.get("task_options", {}), **task_options_given(args, name)},
-                                what=f"options of task {name!r}")
+    name, task_cls, options = task_for_saved_model(args, model, meta)
     task = task_cls.for_evaluation(meta, options, args.data, limit=args.limit, split=args.split)
     model.to(device)
 
@@ -105,6 +99,21 @@ def run(args: argparse.Namespace) -> int:
     print(task.eval_report(result, out, title=f"{model_name} ({args.split})"))
     print(f"wrote {out / 'eval.json'}")
     return 0
+
+
+def task_for_saved_model(args: argparse.Namespace, model: object, meta: dict) -> tuple[str, type, object]:
+    """The task a saved model is evaluated or run with (``--task``, else the one it was trained on, else what the
+    model kind implies), checked against the model, and its options: the saved ones, then those given now."""
+    from ..tasks import get_task, options_from_dict
+    from ..train import check_model_for_task
+    from ._common import task_options_given
+
+    name = args.task or meta.get("task") or _task_of_model(model)
+    task_cls = get_task(name)
+    check_model_for_task(type(model), task_cls, meta.get("model") or type(model).__name__)
+    options = options_from_dict(task_cls.Options, {**meta.get("task_options", {}), **task_options_given(args, name)},
+                                what=f"options of task {name!r}")
+    return name, task_cls, options
 
 
 def _task_of_model(model: object) -> str:

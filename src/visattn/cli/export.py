@@ -96,11 +96,11 @@ def _onnx_runner(path):
         import onnxruntime as ort
     except ImportError as err:
         raise RuntimeError("checking the ONNX file needs onnxruntime: pip install onnxruntime") from err
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    names = [i.name for i in session.get_inputs()]                        # x (and support, support_mask)
+    names = [i.name for i in runtime.get_inputs()]                        # x (and support, support_mask)
 
     def run(*tensors):
-        return session.run(None, {n: t.cpu().numpy() for n, t in zip(names, tensors)})[0]
+        return runtime.run(None, {n: t.cpu().numpy() for n, t in zip(names, tensors)})[0]
 
     return run

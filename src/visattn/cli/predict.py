@@ -30,21 +30,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..tasks import get_task, options_from_dict
     from ..tasks.base import PredictRequest
-    from ..train import check_model_for_task
-    from ._common import apply_runtime, task_options_given
-    from .eval import _task_of_model, load_model_from_args
+    from ._common import apply_runtime
+    from .eval import load_model_from_args, task_for_saved_model
 
     if args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     device = apply_runtime(args)
     model, meta = load_model_from_args(args)
-    name = args.task or meta.get("task") or _task_of_model(model)
-    task_cls = get_task(name)
-    check_model_for_task(type(model), task_cls, meta.get("model") or type(model).__name__)
-    options = options_from_dict(task_cls.Options, {**meta.get("task_options", {}), **task_options_given(args, name)},
-                                what=f"options of task {name!r}")
+    _, task_cls, options = task_for_saved_model(args, model, meta)
     request = PredictRequest(inputs=list(args.inputs), topk=args.topk, out=Path(args.out) if args.out else None,
                              json=args.json, device=device)
     return task_cls.predict(model.to(device), meta, options, request)
