@@ -91,17 +91,32 @@ def _resize_table(table: Tensor, length: int) -> Tensor:
     return resized[0].t().to(table.dtype)
 
 
-def _conv3d_traced(x: Tensor, conv: nn.Conv3d) -> Tensor:
-    """``conv(x)`` for torch.export, computed one output column wider and cropped.
+def _pool_map(x: Tensor, pool: nn.Module, heads: int, size: Sequence[object]) -> Tensor:
+    """Pool a channels-last (B, heads * c, *size) map whose channels are ``heads`` groups of c: one call for all heads.
 
-    The fake (tracing) convolution converts its 5-D output's memory format with a check that guards on the output
-    map not being a single token (T' * H' * W' != 1), which froze the last stage's map of video models. Padding the
-    input by one stride on the right adds exactly one output column (the others see the same windows), so the
-    output provably has at least two tokens; the negative pad crops it without a slice's bound guard.
-    (B, c, T, H, W) -> (B, c, T', H', W').
+    ``size`` is the map size as the caller knows it (ints, or SymInts / proxies while tracing).
+
+    The reference code pools each head's (c, *size) map as a batch item (B * heads, c, *size); a depthwise conv over
+    heads * c channels with the per-head kernel repeated ``heads`` times computes the same numbers, and the map keeps
+    the token-major layout the q / k / v projection wrote, so it is never transposed to channels-first (on CPU that
+    transpose and the channels-first depthwise conv cost more than the pooling itself). Average and max pooling are
+    per channel anyway. Under export with symbolic sizes a 3-D conv is computed one output column wider and cropped:
+    the fake (tracing) convolution converts its 5-D output's memory format with a check that guards on the output map
+    not being a single token (T' * H' * W' != 1), which froze the last stage's map of video models; padding the input
+    by one stride on the right adds exactly one output column (the others see the same windows), so the output
+    provably has at least two tokens, and the negative pad crops it without a slice's bound guard.
     """
-    y = conv(F.pad(x, (0, conv.stride[-1])))                          # (B, c, T', H', W' + 1)
-    return F.pad(y, (0, -1))                                           # (B, c, T', H', W')
+    if not isinstance(pool, (nn.Conv2d, nn.Conv3d)):
+        return pool(x)
+    channels = heads * pool.out_channels  # module attributes, not tensor sizes: plain ints under torch.fx as well
+    ones = [1] * len(pool.kernel_size)
+    weight = pool.weight if heads == 1 else pool.weight.repeat(heads, 1, *ones)  # (heads*c, 1, *k)
+    conv = F.conv3d if isinstance(pool, nn.Conv3d) else F.conv2d
+    traced = isinstance(pool, nn.Conv3d) and is_symbolic(*size)
+    if traced:
+        x = F.pad(x, (0, pool.stride[-1]))                             # (B, heads*c, T, H, W + stride)
+    y = conv(x, weight, None, pool.stride, pool.padding, pool.dilation, channels)  # (B, heads*c, *size')
+    return F.pad(y, (0, -1)) if traced else y
 
 
 @register_attention("pooling")
@@ -248,23 +263,20 @@ class PoolingAttention(nn.Module):
 
     def _pool(self, t: Tensor, pool: nn.Module | None, norm: nn.Module | None, size: tuple[int, ...],
               prefix: int) -> tuple[Tensor, tuple[int, ...]]:
-        """Pool the map tokens of (B, heads, prefix + N, c) per head; the class token passes through."""
+        """Pool the map tokens of a token-major (B, prefix + N, heads, c) tensor; the class token passes through.
+
+        Returns the token-major (B, prefix + N', heads, c) tensor and the pooled map size.
+        """
         if pool is None:
             return t, size
-        B, nh, _, c = t.shape
-        cls, t = t[:, :, :prefix], t[:, :, prefix:]
-        t = t.reshape(B * nh, *size, c).movedim(-1, 1)                 # (B*heads, c, *size)
-        if is_symbolic(*size) and isinstance(pool, nn.Conv3d):
-            t = _conv3d_traced(t, pool)
-        else:
-            t = pool(t)                                                # (B*heads, c, *size')
+        B, _, nh, c = t.shape
+        cls, t = t[:, :prefix], t[:, prefix:]
+        t = symbolic_reshape(t, (B, *size, nh * c)).movedim(-1, 1)    # (B, heads*c, *size), channels-last
+        t = _pool_map(t, pool, self.num_heads, size)                   # (B, heads*c, *size')
         size = spatial_size(t, len(size))
-        if is_symbolic(*size):  # traced: flatten / reshape of the pooled map asked whether it is one token (a guard)
-            t = symbolic_reshape(symbolic_reshape(t, (B * nh, c, -1)).transpose(1, 2), (B, nh, -1, c))
-        else:
-            t = t.flatten(2).transpose(1, 2).reshape(B, nh, -1, c)    # (B, heads, N', c)
+        t = symbolic_reshape(t.movedim(1, -1), (B, -1, nh, c))        # (B, N', heads, c)
         if prefix:
-            t = torch.cat((cls, t), dim=2)                             # (B, heads, prefix + N', c)
+            t = torch.cat((cls, t), dim=1)                             # (B, prefix + N', heads, c)
         if norm is not None:
             t = norm(t)
         return t, size
@@ -307,10 +319,13 @@ class PoolingAttention(nn.Module):
         else:
             grids = torch.meshgrid(*[torch.arange(k, device=q.device) for k in k_size], indexing="ij")
             onehot = torch.cat([F.one_hot(g.flatten(), k) for g, k in zip(grids, k_size)], dim=1)  # (Nk, sum k)
-        bias = terms @ onehot.to(terms.dtype).t()                      # (B, heads, Nq, Nk)
+        onehot = onehot.to(terms.dtype)
         if prefix:
-            bias = F.pad(bias, (prefix, 0, prefix, 0))                 # no position term for the class token
-        return bias
+            # no position term for the class token: a zero row of terms and a zero one-hot row give the padded
+            # (prefix + Nq, prefix + Nk) bias in the one matmul, instead of padding (a copy of) the large bias
+            terms = F.pad(terms, (0, 0, prefix, 0))                    # (B, heads, prefix + Nq, sum k)
+            onehot = F.pad(onehot, (0, 0, prefix, 0))                  # (prefix + Nk, sum k)
+        return terms @ onehot.t()                                     # (B, heads, prefix + Nq, prefix + Nk)
 
     def forward_tokens(self, x: Tensor, size: Sequence[int], *, prefix: int | None = None
                        ) -> tuple[Tensor, tuple[int, ...]]:
@@ -342,18 +357,19 @@ class PoolingAttention(nn.Module):
                              f"paddings, got {size}")
         nh = self.num_heads
         if self.pool_first:
-            x = x.reshape(B, N, nh, C // nh).transpose(1, 2)           # (B, heads, N, C/heads)
+            x = x.reshape(B, N, nh, C // nh)                           # (B, N, heads, C/heads)
             q, q_size = self._pool(x, self.pool_q, self.norm_q, size, prefix)
             k, k_size = self._pool(x, self.pool_k, self.norm_k, size, prefix)
             v, _ = self._pool(x, self.pool_v, self.norm_v, size, prefix)
-            q, k, v = (proj(t.transpose(1, 2).reshape(B, t.shape[2], C)).reshape(B, -1, nh, self.head_dim)
-                       .transpose(1, 2) for proj, t in ((self.q, q), (self.k, k), (self.v, v)))  # (B, heads, N', hd)
+            q, k, v = (proj(t.reshape(B, t.shape[1], C)).reshape(B, -1, nh, self.head_dim)
+                       for proj, t in ((self.q, q), (self.k, k), (self.v, v)))  # (B, N', heads, hd)
         else:
-            qkv = linear(x, self.qkv).reshape(B, N, 3, nh, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, hd)
-            q, k, v = qkv.unbind(0)
+            qkv = linear(x, self.qkv).reshape(B, N, 3, nh, self.head_dim)  # (B, N, 3, heads, hd)
+            q, k, v = qkv.unbind(2)                                    # (B, N, heads, hd) each
             q, q_size = self._pool(q, self.pool_q, self.norm_q, size, prefix)
             k, k_size = self._pool(k, self.pool_k, self.norm_k, size, prefix)
             v, _ = self._pool(v, self.pool_v, self.norm_v, size, prefix)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, N', hd)
         bias = self._rel_pos_bias(q, q_size, k_size, prefix) if self.rel_pos else None
         out = attend(q, k, v, bias=bias, scale=self.head_dim ** -0.5)  # (B, heads, Nq, hd)
         if self.residual_pooling:
