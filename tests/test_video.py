@@ -247,3 +247,29 @@ def test_distant_clips_are_reached_by_seeking(tmp_path: Path) -> None:
     assert np.abs(level - (4 * np.array(wanted) + 10)).max() < 1.9, level
     _, _, all_between = read_frames(path, wanted, seek_gap=100)
     assert decoded < 25 < all_between, (decoded, all_between)          # two short runs, not 50 frames in between
+
+
+def test_train_initialised_from_image_weights(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from visattn import create_model
+    from visattn.checkpoint import export_model, load_checkpoint, model_meta
+
+    image = create_model("mvitv2_small", dims=(16, 32, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                         img_size=(32, 32), num_classes=10)
+    weights = export_model(tmp_path / "image", image.state_dict(), model_meta(image))
+    run = tmp_path / "run"
+    common = ["train", "--task", "video", *TINY_MVIT, "--data", str(tiny_set), "--frames", "4", "--stride", "2",
+              "--img-size", "32", "--views", "1x1", "--epochs", "1", "--batch-size", "8", "--train-limit", "8",
+              "--val-limit", "8", "--threads", "1"]
+    assert main([*common, "--init-from-image", str(weights), "--inflate", "centre", "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "initialised mvitv2_small_video from the image model mvitv2_small" in err and "centre inflation" in err
+    # the patch embedding and the q, k, v pooling convs of the 4 blocks
+    assert "13 inflated over time" in err and "left at initialisation: cls_token, head.fc.weight, head.fc.bias" in err
+    assert load_checkpoint(run).train_meta["config"]["init_from_image"] == str(weights)   # recorded with the run
+    # refused: both initialisations at once, and image weights for an image model
+    assert main([*common, "--init-from-image", str(weights), "--pretrained", str(weights),
+                 "--out", str(tmp_path / "r2")]) == 1
+    assert "pass one" in capsys.readouterr().err
+    assert main(["train", "--task", "video_frames", "--model", "mvitv2_small", "--init-from-image", str(weights),
+                 "--data", str(tiny_set), "--threads", "1", "--out", str(tmp_path / "r3")]) == 1
+    assert "is an image model: use --pretrained" in capsys.readouterr().err

@@ -4,7 +4,9 @@
   reference attention path so every attention matmul is an explicit, counted op. Reported as GMACs
   (multiply-adds = counted FLOPs / 2), the convention of the papers' "FLOPs" columns.
 * Time: median wall time of ``iters`` calls after ``warmup`` calls (CUDA synchronised), eager or ``torch.compile``;
-  the fastest call too (``ms_min``), which other load on a shared machine can only lengthen.
+  the fastest call too (``ms_min``), which other load on a shared machine can only lengthen. Throughput is images
+  per second (``img_per_s``), or clips per second (``clips_per_s``) for video models, whose input is a clip of
+  ``frames`` frames (the model's configured frame count unless given); GMACs are per image or per clip.
 * Memory: CUDA peak allocated bytes; on CPU (no allocator statistics) the peak total size of live tensors that ops
   produced during the call, followed by storage weak references (kernel-internal workspaces are not seen).
 
@@ -33,6 +35,7 @@ from .layers.model import VisionModel
 __all__ = [
     "GlobalAttention",
     "bench_inputs",
+    "is_video_model",
     "bench_rows",
     "count_flops",
     "model_summary",
@@ -86,12 +89,20 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
+def is_video_model(module: nn.Module) -> bool:
+    """Whether ``module`` is a registered video model (input (B, C, T, H, W)): it is measured per clip."""
+    return isinstance(module, VisionModel) and module.input_ndim == 5
+
+
 def bench_inputs(module: nn.Module, size: tuple[int, int], batch: int = 1, *, device: torch.device | str | None = None,
-                 requires_grad: bool = False) -> tuple[Tensor, ...]:
-    """The inputs ``module`` is measured on at ``size``: a model's ``example_inputs`` (video at the config's frame
-    count, few-shot with a 1-shot support set), or a (B, C, H, W) map for an attention module (C its ``dim``) and
-    :class:`GlobalAttention` (C its ``in_chans``). ``requires_grad``: the main input takes a gradient too."""
-    if isinstance(module, VisionModel):
+                 requires_grad: bool = False, frames: int | None = None) -> tuple[Tensor, ...]:
+    """The inputs ``module`` is measured on at ``size``: a model's ``example_inputs`` (video: clips of ``frames``
+    frames, default the config's frame count; few-shot with a 1-shot support set), or a (B, C, H, W) map for an
+    attention module (C its ``dim``) and :class:`GlobalAttention` (C its ``in_chans``). ``requires_grad``: the main
+    input takes a gradient too. ``frames`` is ignored by anything but a video model."""
+    if is_video_model(module):
+        inputs = module.example_inputs(batch, size, frames=frames, device=device)
+    elif isinstance(module, VisionModel):
         inputs = module.example_inputs(batch, size, device=device)
     else:
         channels = module.in_chans if isinstance(module, GlobalAttention) else module.dim
@@ -209,13 +220,18 @@ class Target:
 def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, batch: int = 1,
                mode: str = "fwd", dtype: str = "fp32", device: torch.device | None = None,
                compile: bool = False, warmup: int = 2, iters: int = 5, max_seconds: float | None = 10.0,
-               max_tokens: int | None = None, memory: bool = True) -> Iterator[dict[str, Any]]:
+               max_tokens: int | None = None, memory: bool = True, frames: int | None = None
+               ) -> Iterator[dict[str, Any]]:
     """Measure every target at every size; yields one CSV row per (target, size).
+
+    A video model is measured on clips of ``frames`` x H x W (default: its configured frame count, ``num_frames``):
+    its row has ``frames`` set, ``clips_per_s`` instead of ``img_per_s``, and GMACs and memory per clip.
 
     Args:
         mode: ``fwd`` (inference, no grad) or ``fwdbwd`` (forward + backward of the output's sum).
         dtype: ``fp32`` or ``bf16`` (autocast).
         max_tokens: skip timing (FLOPs still counted) where H*W exceeds this, e.g. for global attention.
+        frames: the clip length of video models (ignored by other targets).
     """
     device = device or torch.device("cpu")
     if mode not in ("fwd", "fwdbwd"):
@@ -226,6 +242,9 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
         module = target.build().to(device)
         module.train(mode == "fwdbwd")
         runner = module
+        video = is_video_model(module)
+        clip_frames = (module.num_frames if frames is None else frames) if video else None
+        rate_key = "clips_per_s" if video else "img_per_s"
         for size in sizes:
             if compile:
                 # One static graph per size, from a clean cache: a second size would make dynamo recompile with
@@ -234,23 +253,25 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
                 torch._dynamo.reset()
                 runner = torch.compile(module, dynamic=False)
             row: dict[str, Any] = {"name": target.name, "kind": target.kind, "height": size[0], "width": size[1],
-                                   "pixels": size[0] * size[1], "batch": batch, "mode": mode, "dtype": dtype,
-                                   "device": device.type, "compile": compile}
+                                   "frames": clip_frames, "pixels": size[0] * size[1], "batch": batch, "mode": mode,
+                                   "dtype": dtype, "device": device.type, "compile": compile}
             with torch.device("meta"):
                 meta_module = target.build()
             meta_module.train(mode == "fwdbwd")
-            meta_inputs = bench_inputs(meta_module, size, batch, device="meta", requires_grad=mode == "fwdbwd")
+            meta_inputs = bench_inputs(meta_module, size, batch, device="meta", requires_grad=mode == "fwdbwd",
+                                       frames=clip_frames)
             try:
                 flops = count_flops(functools.partial(_step, meta_module, meta_inputs, mode))
-                row["gmacs"] = flops / 2e9 / batch
+                row["gmacs"] = flops / 2e9 / batch                     # per image, or per clip of a video model
             except (NotImplementedError, RuntimeError):
                 row["gmacs"] = None
             if max_tokens is not None and size[0] * size[1] > max_tokens:
-                row.update(ms=None, img_per_s=None, ms_min=None, peak_mem_mb=None,
-                           note=f"skipped: more than {max_tokens} tokens")
+                row.update({"ms": None, rate_key: None, "ms_min": None, "peak_mem_mb": None,
+                            "note": f"skipped: more than {max_tokens} tokens"})
                 yield row
                 continue
-            inputs = bench_inputs(module, size, batch, device=device, requires_grad=mode == "fwdbwd")
+            inputs = bench_inputs(module, size, batch, device=device, requires_grad=mode == "fwdbwd",
+                                  frames=clip_frames)
             amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
                    else contextlib.nullcontext())
 
@@ -258,7 +279,7 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
 
             try:
                 ms, ms_min = time_calls(call, device, warmup=warmup, iters=iters, max_seconds=max_seconds)
-                row.update(ms=ms, img_per_s=1000 * batch / ms, ms_min=ms_min)
+                row.update({"ms": ms, rate_key: 1000 * batch / ms, "ms_min": ms_min})
                 row["peak_mem_mb"] = peak_memory(call, device) if memory and not compile else None
             except ValueError as err:
                 if "more than 1 value per channel" in str(err):  # BatchNorm statistics of a single value
@@ -266,10 +287,13 @@ def bench_rows(targets: Sequence[Target], sizes: Sequence[tuple[int, int]], *, b
                                      "--batch-size >= 2 for --mode fwdbwd") from err
                 raise
             except torch.OutOfMemoryError:
-                row.update(ms=None, img_per_s=None, ms_min=None, peak_mem_mb=None, note="out of memory")
-            print(f"  {target.name:<24} {size[0]:>4}x{size[1]:<4} "
-                  f"{_f(row.get('ms'), '9.2f')} ms {_f(row.get('img_per_s'), '9.1f')} img/s "
-                  f"{_f(row.get('peak_mem_mb'), '9.1f')} MiB {_f(row.get('gmacs'), '9.3f')} GMACs",
+                row.update({"ms": None, rate_key: None, "ms_min": None, "peak_mem_mb": None, "note": "out of memory"})
+            where = f"{clip_frames}x{size[0]}x{size[1]}" if video else f"{size[0]}x{size[1]}"
+            unit = "clips/s" if video else "img/s"
+            print(f"  {target.name:<24} {where:>12} "
+                  f"{_f(row.get('ms'), '9.2f')} ms {_f(row.get(rate_key), '9.1f')} {unit:<7} "
+                  f"{_f(row.get('peak_mem_mb'), '9.1f')} MiB {_f(row.get('gmacs'), '9.3f')} GMACs"
+                  f"{'/clip' if video else ''}",
                   file=sys.stderr, flush=True)
             yield row
 

@@ -109,7 +109,7 @@ def plot_confusion(confusion: Any, classes: Sequence[str], path: str | os.PathLi
 
 
 def plot_scaling(rows: Sequence[dict[str, Any]], path: str | os.PathLike, metric: str = "ms",
-                 title: str = "") -> Path | None:
+                 title: str = "", xlabel: str = "pixels (H x W)") -> Path | None:
     """Log-log plot of ``metric`` against pixels, one line per name, with slope-1 and slope-2 guides."""
     if not have_matplotlib():
         return None
@@ -130,7 +130,7 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str | os.PathLike, metric
         for slope, style in ((1, ":"), (2, "--")):
             ax.loglog(xs, [y0 * (x / x0) ** slope for x in xs], style, color="gray", lw=1,
                       label=f"~ pixels^{slope}")
-    ax.set(xlabel="pixels (H x W)", ylabel=metric, title=title or f"{metric} vs pixels")
+    ax.set(xlabel=xlabel, ylabel=metric, title=title or f"{metric} vs pixels")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)

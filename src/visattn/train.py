@@ -83,6 +83,8 @@ class TrainConfig:
     model: str = "maxvit_tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
+    init_from_image: str | None = None   # video models: image weights inflated over time (visattn.weights.inflate)
+    inflate: str = "average"             # how --init-from-image inflates 2-D kernels: average | centre
     data: str = "digits"
     img_size: int | None = None          # None: the data source's default
     epochs: int = 10
@@ -138,6 +140,9 @@ def validate_config(cfg: TrainConfig) -> None:
     need(cfg.lr > 0, "--lr", "positive", cfg.lr)
     need(0 <= cfg.ema_decay < 1, "--ema", "in [0, 1)", cfg.ema_decay)
     need(0 < cfg.val_fraction < 1, "--val-fraction", "in (0, 1)", cfg.val_fraction)
+    need(cfg.inflate in ("average", "centre"), "--inflate", "'average' or 'centre'", cfg.inflate)
+    if cfg.init_from_image and cfg.pretrained:
+        raise TrainError("--init-from-image and --pretrained both initialise the model: pass one")
     need(cfg.keep >= 1, "--keep", "at least 1", cfg.keep)
     need(cfg.save_every >= 0 and cfg.log_every >= 0, "--save-every / --log-every", ">= 0",
          (cfg.save_every, cfg.log_every))
@@ -261,6 +266,9 @@ def build_model(cfg: TrainConfig, task: Task) -> nn.Module:
 
     cls = get_model_class(cfg.model)
     check_model_for_task(cls, task, cfg.model)
+    if cfg.init_from_image and getattr(cls, "input_ndim", 4) != 5:
+        raise TrainError(f"--init-from-image initialises a video model from image weights; {cfg.model} is an image "
+                         "model: use --pretrained")
     size = task.img_size
     if size < getattr(cls, "min_input_size", 1):
         raise TrainError(f"--img-size {size} is too small for {cfg.model}: it needs at least {cls.min_input_size}")
@@ -282,6 +290,9 @@ def build_model(cfg: TrainConfig, task: Task) -> nn.Module:
                               overrides={k: v for k, v in cfg.model_overrides.items() if k != "num_classes"})
         if "num_classes" in overrides and model.config.num_classes != overrides["num_classes"]:
             model.reset_classifier(overrides["num_classes"])
+    elif cfg.init_from_image:
+        model = create_model(cfg.model, **overrides)
+        _init_from_image(model, cfg)
     else:
         model = create_model(cfg.model, **overrides)
     task.prepare_model(model)
@@ -292,6 +303,24 @@ def build_model(cfg: TrainConfig, task: Task) -> nn.Module:
     except ValueError as err:
         raise TrainError(f"{cfg.model} cannot take {size}x{size} inputs: {str(err).splitlines()[0]}") from err
     return model.train()
+
+
+def _init_from_image(model: nn.Module, cfg: TrainConfig) -> None:
+    """Fill a fresh video model from image weights (``--init-from-image``), logging where every key went."""
+    from .weights.inflate import inflate_image_to_video, load_image_state_dict
+
+    try:
+        state, image_model = load_image_state_dict(cfg.init_from_image)
+        report = inflate_image_to_video(state, model, mode=cfg.inflate)
+    except ValueError as err:
+        raise TrainError(f"--init-from-image {cfg.init_from_image}: {err}") from None
+    filled = report.filled_fraction(model)
+    log.info("initialised %s from the image model %s (%s), %s inflation: %.1f%% of the values; %s", cfg.model,
+             image_model, cfg.init_from_image, cfg.inflate, 100 * filled, report.summary())
+    if filled < 0.5:
+        raise TrainError(f"--init-from-image {cfg.init_from_image}: only {100 * filled:.1f}% of {cfg.model}'s values "
+                         f"have a counterpart in {image_model}; pass the image variant of the same widths and depths "
+                         f"(mvitv2_small for mvitv2_small_video)")
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -404,7 +433,8 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo)
 
     get_model_config(cfg.model, **cfg.model_overrides)                 # unknown names fail before data loading
     task = build_task(cfg)
-    model = build_model(cfg, task)
+    # resuming: the checkpoint holds the weights, so the image weights are neither needed nor read again
+    model = build_model(dataclasses.replace(cfg, init_from_image=None) if resume else cfg, task)
     B = cfg.batch_size
     if B % info.world_size:
         raise TrainError(f"--batch-size {B} (global) is not divisible by the {info.world_size} processes")

@@ -255,6 +255,12 @@ class PoolingAttention(nn.Module):
             return tuple(size)
         return pooled_size(size, self.kernel_q, self.stride_q, self.padding_q)
 
+    def key_size(self, size: Sequence[int]) -> tuple[int, ...]:
+        """The key (and value) map size for an input map ``size`` (the key-value pooling's)."""
+        if self.pool_k is None:
+            return tuple(size)
+        return pooled_size(size, self.kernel_kv, self.stride_kv, self.padding_kv)
+
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """(B, dim, *size) -> (B, dim_out, *query_size(size))."""
         return (input_shape[0], self.dim_out, *self.query_size(input_shape[2:]))

@@ -4,10 +4,14 @@
     visattn show partition --size 10x14 --partition-size 4 --query 3,5 --out p.png
     visattn show attention --checkpoint runs/digits --query 0.3,0.5 --out attention.png
     visattn show attention --checkpoint runs/photos --image cat.jpg --stage 1
+    visattn show attention --checkpoint runs/video-mvit --video clip.mp4 --frame 5 --query 0.4,0.6 --out v.png
+    visattn show attention --model mvitv2_small_video --video moving_digits:0 --frame 8 --out v.png
 
 ``partition``: which pixels share a group (attend to each other) under block (window) and grid partition.
-``attention``: what a query point attends to in the block and grid attention of a model (exact attention weights),
-or, for mechanisms without an exact token map, which input pixels influence the query's feature (input gradient).
+``attention``: what a query point attends to in the block and grid attention of a model, or in the pooling attention
+of an MViT (exact attention weights), or, for mechanisms without an exact token map, which input pixels influence the
+query's feature (input gradient). For a video model the query is a point of one frame (--frame) and the picture has a
+panel per key time step: the attention over the space-time key tokens, frame by frame.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     att.add_argument("--model", "-m", help="model name (random weights unless --checkpoint)")
     att.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
     att.add_argument("--image", help="image file, or digits:N for the N-th built-in test digit (default digits:0)")
+    att.add_argument("--video", help="video models: a video file, or moving_digits:N for the N-th built-in training "
+                                     "video (default moving_digits:0); its centred clip is shown")
+    att.add_argument("--frame", type=int, help="video models: the query's frame in the clip (default: the middle one)")
     att.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
     att.add_argument("--query", default="0.5,0.5",
                      help="query point y,x as fractions of the image (0.5,0.5 = centre) or pixels (e.g. 12,20)")
@@ -82,6 +89,10 @@ def run_attention(args: argparse.Namespace) -> int:
         model, meta = create_model(args.model, **parse_overrides(args.overrides)).eval(), {}
     else:
         raise ValueError("pass --checkpoint (a trained model) or --model (random weights)")
+    if getattr(model, "input_ndim", 4) == 5:
+        return _run_video_attention(args, model, meta)
+    if args.video or args.frame is not None:
+        raise ValueError("--video and --frame are for video models; this is an image model: pass --image")
     size = args.img_size or int(meta.get("img_size") or 224)
     if size < model.min_input_size:
         raise ValueError(f"--img-size {size} is too small for this model: it needs at least {model.min_input_size}")
@@ -110,7 +121,9 @@ def run_attention(args: argparse.Namespace) -> int:
         maps = attention_maps(model, x, query, names)
         for m in maps:
             h, w = m["map"].shape
-            m["title"] = f"{m['partition']} attention\n{m['name']} ({h}x{w} map)"
+            kind = f"{m['partition']} attention" if m["partition"] else "pooling attention"
+            keys = f"{h}x{w} key map" if m["partition"] is None else f"{h}x{w} map"
+            m["title"] = f"{kind}\n{m['name']} ({keys})"
         kind = "attention weights (mean over heads)"
     else:
         if not hasattr(model, "forward_intermediates"):
@@ -127,6 +140,54 @@ def run_attention(args: argparse.Namespace) -> int:
     path = plot_attention(image[0], query, maps, args.out, title=title)
     for m in maps:
         print(f"{m['name']}: map {tuple(m['map'].shape)}, max weight {float(m['map'].max()):.3f}")
+    if path:
+        print(f"wrote {path}")
+    return 0
+
+
+def _run_video_attention(args: argparse.Namespace, model: object, meta: dict) -> int:
+    """``show attention`` for a video model: the attention of a query point of one frame over the space-time keys."""
+    import torch
+
+    from ..show import attention_maps, exact_attention_modules, key_frame_spans, plot_video_attention, select
+    from ..tasks.video.task import load_clip
+
+    if args.image:
+        raise ValueError("this is a video model: pass --video FILE or --video moving_digits:N, not --image")
+    frames = model.num_frames
+    crop = args.img_size or int(meta.get("img_size") or getattr(model.config, "img_size", (224,))[-1])
+    if crop < model.min_input_size:
+        raise ValueError(f"--img-size {crop} is too small for this model: it needs at least {model.min_input_size}")
+    clip, x, line = load_clip(args.video or "moving_digits:0", meta, frames=frames, crop=crop)
+    frame = frames // 2 if args.frame is None else args.frame
+    if not 0 <= frame < frames:
+        raise ValueError(f"--frame {frame}: the clip has frames 0..{frames - 1}")
+    q = _pair(args.query, "--query")
+    yx = q if max(q) < 1 else (q[0] / crop, q[1] / crop)               # fractions, or pixels of the crop
+    if not all(0 <= v < 1 for v in yx):
+        raise ValueError(f"--query {args.query} lies outside the {crop}x{crop} frame")
+    info = getattr(model, "feature_info", [])
+    if not 0 <= args.stage < max(len(info), 1):
+        raise ValueError(f"--stage {args.stage}: the model has stages 0..{len(info) - 1}")
+    prefix = info[args.stage]["module"] + "." if info else ""
+    names = select(exact_attention_modules(model), args.layers, prefix, 2)
+    if not names:
+        raise ValueError(f"no space-time attention module {'matches --layers' if args.layers else 'in that stage'}; "
+                         f"modules: {', '.join(exact_attention_modules(model)[:6])} ...")
+    maps = attention_maps(model, x, ((frame + 0.5) / frames, *yx), names)
+    with torch.no_grad():
+        probs = model(x).float().softmax(-1)[0]
+    classes = meta.get("classes") or [str(i) for i in range(len(probs))]
+    top = int(probs.argmax())
+    title = (f"{meta.get('model') or args.model}: pooling attention (mean over heads) of frame {frame}'s query over "
+             f"the space-time keys; predicted {classes[top]} ({float(probs[top]):.2f})")
+    path = plot_video_attention(clip, frame, yx, maps, args.out, title=title)
+    print(line)
+    for m in maps:
+        t, h, w = m["key_size"]
+        spans = ", ".join(f"{a}-{b}" for a, b in key_frame_spans(t, frames))
+        print(f"{m['name']}: query {m['query']} of {m['query_size']}, keys {t}x{h}x{w} (t x h x w; frames {spans}), "
+              f"max weight {float(m['map'].max()):.3f}, class token {m['prefix_weight']:.3f}")
     if path:
         print(f"wrote {path}")
     return 0

@@ -3,6 +3,7 @@
     visattn train --model maxvit_tiny --set dims=32,64,128,256 --data digits --epochs 10 --out runs/digits
     visattn train --task sr --scale 2 --epochs 8                # GRL super-resolution on the built-in photos
     visattn train --resume runs/digits                      # continue where a run stopped
+    visattn train --task video --init-from-image mvitv2_small.fb_in1k   # a video MViT from inflated image weights
     torchrun --nproc-per-node 2 -m visattn.cli train ...    # the same command on several processes (DDP)
     torchrun --nproc-per-node 8 -m visattn.cli train --model davit_giant --fsdp ...   # sharded (FSDP2)
 """
@@ -27,6 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="initialise from a weights file (visattn, timm or official) or published weights (a tag such "
                         "as maxvit_tiny_tf_224.in1k, which also picks --model); the classifier is replaced when the "
                         "task's classes differ")
+    p.add_argument("--init-from-image", metavar="CKPT|TAG",
+                   help="video models: initialise from image weights (a visattn checkpoint, a timm / official file or "
+                        "a tag such as mvitv2_small.fb_in1k), 2-D kernels inflated over time, temporal position "
+                        "tables zero (docs/video.md)")
+    p.add_argument("--inflate", choices=["average", "centre"],
+                   help="with --init-from-image: repeat 2-D kernels over time and divide by the kernel's frames "
+                        "(average, the default) or put them at the centre frame (centre)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int)
     opt.add_argument("--batch-size", "-b", type=int, help="global batch size (default 64)")
@@ -76,7 +84,7 @@ _ARG_TO_FIELD = {"batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", 
                  "grad_checkpointing", "compile", "fsdp", "sync_bn", "bn_momentum", "seed", "deterministic", "img_size",
                  "val_fraction", "train_limit", "val_limit", "save_every", "keep", "log_every", "eval_batch_size",
                  "epochs", "data", "model", "pretrained", "device", "workers", "threads", "progress", "task",
-                 "divergence_factor"}
+                 "divergence_factor", "init_from_image", "inflate"}
 
 
 def run(args: argparse.Namespace) -> int:

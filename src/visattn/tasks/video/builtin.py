@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from .io import write_video
 
-__all__ = ["BUILTIN_VIDEO_DATASETS", "CLASSES", "builtin_video_root", "make_moving_digits"]
+__all__ = ["BUILTIN_VIDEO_DATASETS", "CLASSES", "builtin_video_root", "make_moving_digits", "moving_digits_sample"]
 
 CLASSES = ("right", "left", "down", "up", "clockwise", "anticlockwise", "grow", "shrink")
 _VERSION = "moving_digits_v1"
@@ -119,19 +120,43 @@ def make_moving_digits(root: str | Path, *, train_per_class: int = 64, val_per_c
         raise ValueError("make_moving_digits needs >= 1 video per class and split, >= 2 frames and an even size "
                          f">= 16; got {train_per_class}, {val_per_class}, {frames}, {size}")
     root = Path(root)
+    for split in ("train", "val"):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+    for split, i, name, video in _videos(train_per_class, val_per_class, frames, size, seed):
+        write_video(root / split / name / f"{i:04d}.mp4", video, fps=fps, quality=12, gop=8)
+    return root
+
+
+def _videos(train_per_class: int, val_per_class: int, frames: int, size: int,
+            seed: int) -> Iterator[tuple[str, int, str, np.ndarray]]:
+    """(split, index in its class, class name, (T, S, S, 3) uint8 frames) of every video, in generation order: the
+    training split, then the validation split; per index, one video of each class in ``CLASSES`` order."""
     sprites = _digit_sprites()
     g = torch.Generator().manual_seed(seed)
     for split, count in (("train", train_per_class), ("val", val_per_class)):
-        for c, name in enumerate(CLASSES):
-            (root / split / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             for c, name in enumerate(CLASSES):
                 digit = int(torch.randint(len(sprites), (1,), generator=g))
                 video = _render(c // 2, sprites[digit:digit + 1], frames, size, g)
                 if c % 2:
                     video = video[::-1].copy()                          # the partner class: played backwards
-                write_video(root / split / name / f"{i:04d}.mp4", video, fps=fps, quality=12, gop=8)
-    return root
+                yield split, i, name, video
+
+
+def moving_digits_sample(index: int = 0) -> tuple[np.ndarray, str]:
+    """The ``index``-th training video of the built-in set (generation order: ``train/right/0000.mp4`` is 0,
+    ``train/left/0000.mp4`` 1, ... ``train/right/0001.mp4`` 8), rendered in memory without writing the set: its
+    frames before H.264 encoding, (32, 40, 40, 3) uint8, and its class name."""
+    per_class = _DEFAULT["train_per_class"]
+    if not 0 <= index < per_class * len(CLASSES):
+        raise ValueError(f"moving_digits:N takes N in 0..{per_class * len(CLASSES) - 1} (the training videos), "
+                         f"got {index}")
+    for k, (_, _, name, video) in enumerate(_videos(per_class, 0, _DEFAULT["frames"], _DEFAULT["size"],
+                                                    _DEFAULT["seed"])):
+        if k == index:
+            return video, name
+    raise AssertionError("unreachable: index checked above")
 
 
 def builtin_video_root(name: str) -> Path:

@@ -31,7 +31,7 @@ from .data import (
 from .io import VideoError, probe_video, read_frames
 from .sampling import eval_clip_starts, frame_indices, parse_views, shuffle_clip_frames, spatial_views
 
-__all__ = ["FrameAverageTask", "VideoTask"]
+__all__ = ["FrameAverageTask", "VideoTask", "load_clip"]
 
 log = logging.getLogger("visattn")
 
@@ -68,6 +68,50 @@ def _clip_settings(meta: dict[str, Any], options: VideoOptions, builtin: bool, i
         raise ValueError(f"--hflip must be a probability in [0, 1], got {hflip}")
     return ClipSettings(frames=int(frames), stride=int(stride), crop=int(crop), jitter=(int(jitter[0]), int(jitter[1])),
                         hflip=float(hflip), clips=clips, crops=crops)
+
+
+def load_clip(source: str, meta: dict[str, Any], *, frames: int, crop: int) -> tuple[Tensor, Tensor, str]:
+    """One clip of a video, preprocessed as a one-view evaluation: the centred clip of ``frames`` frames (at the
+    saved model's stride, else the data's default), short side scaled as the evaluation does, centre crop.
+
+    Args:
+        source: a video file, or ``moving_digits:N`` (the N-th training video of the built-in set, rendered in
+            memory by :func:`~visattn.tasks.video.builtin.moving_digits_sample`).
+        meta: a saved model's metadata (its stride, jitter, mean and std); ``{}`` for the data's defaults.
+        frames: frames per clip T.
+        crop: the crop side S.
+
+    Returns:
+        the frames (T, 3, S, S) uint8 (for pictures), the model input (1, 3, T, S, S) normalised, and a line naming
+        the clip's source frames.
+    """
+    from .builtin import moving_digits_sample
+
+    builtin = source.startswith("moving_digits:")
+    clip = _clip_settings(meta, VideoOptions(frames=frames, views="1x1"), builtin, crop)
+    if builtin:
+        try:
+            index = int(source.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"moving_digits:N needs an integer N, got {source!r}") from None
+        video, label = moving_digits_sample(index)                     # (N, S0, S0, 3) uint8
+        num_frames = len(video)
+        start = eval_clip_starts(num_frames, clip.frames, clip.stride, 1)[0]
+        indices = frame_indices(start, clip.frames, clip.stride, num_frames)
+        picked = video[indices]                                        # (T, S0, S0, 3)
+        what = f"built-in moving digits video {index} (class {label})"
+    else:
+        info = probe_video(source)
+        start = eval_clip_starts(info.num_frames, clip.frames, clip.stride, 1)[0]
+        indices = frame_indices(start, clip.frames, clip.stride, info.num_frames)
+        picked, info, _ = read_frames(source, indices, info=info)      # (T, H, W, 3)
+        what = source
+    video = torch.from_numpy(picked).permute(0, 3, 1, 2)               # (T, 3, H, W)
+    views = spatial_views(video, clip.crop, 1, clip.jitter[0])         # (1, 3, T, S, S)
+    mean, std = (_BUILTIN_DEFAULTS if builtin else _FOLDER_DEFAULTS)[4:]
+    mean, std = tuple(meta.get("mean") or mean), tuple(meta.get("std") or std)
+    line = f"{what}: frames {indices[0]}-{indices[-1]} at stride {clip.stride}"
+    return views[0].transpose(0, 1), _normalize(views, mean, std), line  # (T, 3, S, S), (1, 3, T, S, S)
 
 
 class VideoTask(Task):
