@@ -13,9 +13,9 @@ from PIL import Image
 
 import visattn
 from visattn.cli import main
-from visattn.models.grl import GRL, REFERENCE_PARAMS, remap_state_dict
+from visattn.models.grl import REFERENCE_PARAMS, remap_state_dict
 from visattn.tasks import get_task
-from visattn.tasks.base import DataError
+from visattn.tasks.base import DataError, RunSettings
 from visattn.tasks.restoration.blur import (
     DefocusBlur,
     MotionBlur,
@@ -24,9 +24,15 @@ from visattn.tasks.restoration.blur import (
     half_disk_kernels,
     motion_kernel,
 )
-from visattn.tasks.restoration.data import RestorationData
+from visattn.tasks.restoration.data import (
+    RestorationData,
+    find_pair_groups,
+    load_benchmark,
+    load_pairs,
+    load_restoration_data,
+)
+from visattn.tasks.restoration.deblur import DefocusDeblurTask, MotionDeblurTask
 from visattn.tasks.restoration.metrics import quantize
-from visattn.tasks.restoration.paired import DefocusDeblurTask, MotionDeblurTask, find_pair_groups, load_pairs
 from visattn.tasks.restoration.realsr import SecondOrderDegradation, gaussian_kernel, jpeg
 from visattn.tasks.restoration.tiling import tiled_forward
 
@@ -255,7 +261,8 @@ def test_paired_folders_pair_by_name_and_refuse_mismatches(tmp_path) -> None:
     assert torch.equal(given, (clean // 2 + 60).to(torch.uint8))
     # a file on one side only, and a size mismatch: errors that name them
     _save(tmp_path / "GoPro" / "test" / "GOPR0003" / "blur" / "extra.png", np.zeros((40, 44, 3), np.uint8))
-    with pytest.raises(DataError, match=r"only in the input: \['extra'\]; only in the target: none"):
+    with pytest.raises(DataError, match=r"GOPR0003/blur and .*GOPR0003/sharp must hold the same file names .*: only "
+                                        r"in blur/: extra; only in sharp/: none"):
         load_pairs(find_pair_groups(tmp_path / "GoPro"))
     (tmp_path / "GoPro" / "test" / "GOPR0003" / "blur" / "extra.png").unlink()
     _save(tmp_path / "GoPro" / "test" / "GOPR0003" / "blur" / "000002.png", np.zeros((20, 44, 3), np.uint8))
@@ -282,6 +289,41 @@ def test_dpdd_layout_single_and_dual_pixel(tmp_path) -> None:
     assert given.shape == (6, 36, 40)
     assert torch.equal(given[:3], clean // 3) and torch.equal(given[3:], clean // 4)        # left, then right
     assert torch.equal(single[0][2], single[0][1] // 2)                                     # the combined image
+
+
+def test_one_paired_folder_reader_for_every_task(tmp_path, caplog) -> None:
+    # GoPro folders train a JPEG model as they train a deblurring one, with the same names and split
+    _gopro(tmp_path / "GoPro", np.random.default_rng(4))
+    for name in ("jpeg", "deblur-motion"):
+        cls = get_task(name)
+        task = cls.for_training(RunSettings(data=str(tmp_path / "GoPro"), img_size=16), cls.Options())
+        assert task.data.source["paired"] is True and len(task.data.train) == 4 and task.data.train[0][1].shape[0] == 6
+        assert [n for n, _, _ in task.data.val] == ["test/GOPR0003/000001", "test/GOPR0003/000002"]
+    # input/ + target/ at the top (the JPEG layout) for deblurring; a val/ of clean images beside paired train/
+    for n in ("a", "b"):
+        sharp = np.random.default_rng(5).integers(0, 255, (24, 20, 3), dtype=np.uint8)
+        _save(tmp_path / "mixed" / "train" / "target" / f"{n}.png", sharp)
+        _save(tmp_path / "mixed" / "train" / "input" / f"{n}.jpg", sharp)
+    _save(tmp_path / "mixed" / "val" / "clean.png", np.zeros((24, 20, 3), np.uint8))
+    cls = get_task("deblur-motion")
+    task = cls.for_training(RunSettings(data=str(tmp_path / "mixed"), img_size=16), cls.Options(kernel_size=5))
+    assert [n for n, _ in task.data.train] == ["train/a", "train/b"]
+    assert [(n, given) for n, _, given in task.data.val] == [("clean", None)]          # input synthesised
+    # evaluation items of a run validated on --val-data: the training folder is not read at all
+    data = load_restoration_data(str(tmp_path / "gone"), scale=1, channels=3, patch=16,
+                                 val_data=str(tmp_path / "GoPro" / "test"), eval_only=True)
+    assert not data.train and len(data.val) == 2
+    # x2 pairs (an SR benchmark as input/ + target/): the input must be half its target
+    _save(tmp_path / "sr" / "target" / "a.png", np.zeros((20, 24, 3), np.uint8))
+    _save(tmp_path / "sr" / "input" / "a.png", np.zeros((10, 12, 3), np.uint8))
+    (name, clean, given), = load_benchmark(tmp_path / "sr", 3, scale=2)
+    assert clean.shape == (3, 20, 24) and given.shape == (3, 10, 12)
+    _save(tmp_path / "sr" / "input" / "a.png", np.zeros((10, 11, 3), np.uint8))
+    with pytest.raises(DataError, match=r"input size \(10, 11\) is not 1 / 2 of its target's \(20, 24\)"):
+        load_benchmark(tmp_path / "sr", 3, scale=2)
+    (tmp_path / "sr" / "input" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")          # skipped at scan time
+    with pytest.raises(DataError, match=r"only in input/: none; only in target/: a"):
+        load_benchmark(tmp_path / "sr", 3, scale=2)
 
 
 def test_paired_augment_keeps_input_and_target_aligned() -> None:
