@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -445,8 +446,64 @@ def test_cli_dual_pixel_defocus_on_dpdd(tmp_path, capsys) -> None:
     assert summary["val_count"] == 1 and math.isfinite(summary["val_mae"])
     assert main(["eval", "--checkpoint", str(run), "--threads", "1"]) == 0
     assert json.loads((run / "eval.json").read_text())["val_psnr"] == pytest.approx(summary["val_psnr"], abs=1e-3)
-    # visattn restore reads one image file per input: a dual-pixel model's two views are refused with the reason
-    photo = tmp_path / "dd_dp" / "test_c" / "target" / "t.png"
+    # visattn restore finds the right view of DPDD's left one (test_l/source/ -> test_r/source/); one image alone is
+    # refused with what it needs
+    left = tmp_path / "dd_dp" / "test_l" / "source" / "t.png"
     assert main(["restore", "--checkpoint", str(run), "--out", str(tmp_path / "out"), "--threads", "1",
+                 str(left)]) == 0
+    assert f"{left} + {tmp_path / 'dd_dp' / 'test_r' / 'source' / 't.png'} (40x36)" in capsys.readouterr().out
+    with Image.open(tmp_path / "out" / "t_deblurred.png") as im:
+        assert im.size == (40, 36) and im.mode == "RGB"
+    photo = tmp_path / "dd_dp" / "test_c" / "target" / "t.png"
+    assert main(["restore", "--checkpoint", str(run), "--out", str(tmp_path / "out2"), "--threads", "1",
                  str(photo)]) == 1
-    assert "expects 6 input channels" in capsys.readouterr().err
+    assert "takes the left and right views: pass --right-view FILE" in capsys.readouterr().err
+
+
+def test_cli_restore_dual_pixel_views(tmp_path, capsys) -> None:
+    # a random 6 -> 3 model: IMAGE is the left view, --right-view (or a <stem>_R file) the right one; the output is
+    # the model's tiled inference on (left, right) in that order
+    from visattn.checkpoint import export_model, model_meta
+
+    torch.manual_seed(0)
+    model = visattn.create_model("grl_tiny", **TINY, upscale=1, in_chans=6, out_chans=3).eval()
+    export_model(tmp_path / "dp", model.state_dict(), model_meta(model, task="deblur-defocus"))  # options implied
+    single = visattn.create_model("grl_tiny", **TINY, upscale=1)
+    export_model(tmp_path / "single", single.state_dict(), model_meta(single, task="deblur-defocus"))
+    g = np.random.default_rng(6)
+    views = [g.integers(0, 255, (45, 57, 3), dtype=np.uint8) for _ in range(2)]
+    for name, arr in (("scene_L", views[0]), ("scene_R", views[1]), ("other", views[1])):
+        _save(tmp_path / f"{name}.png", arr)
+    _save(tmp_path / "small.png", views[1][:40])
+    args = ["restore", "--checkpoint", str(tmp_path / "dp"), "--tile", "24", "--tile-overlap", "8", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--right-view", str(tmp_path / "other.png"),
+                 str(tmp_path / "scene_L.png")]) == 0
+    x = torch.from_numpy(np.concatenate(views, -1)).permute(2, 0, 1)[None].float() / 255        # (1, 6, 45, 57)
+    with torch.no_grad():
+        expected = quantize(tiled_forward(model, x, tile=24, overlap=8).clamp(0, 1))[0]
+        swapped = quantize(tiled_forward(model, x[:, [3, 4, 5, 0, 1, 2]], tile=24, overlap=8).clamp(0, 1))[0]
+    with Image.open(tmp_path / "a" / "scene_L_deblurred.png") as im:
+        got = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255
+    assert got.shape == (3, 45, 57) and torch.equal(got, expected) and not torch.equal(got, swapped)
+    # DPDD-style names: scene_R.png beside scene_L.png is its right view
+    assert main([*args, "--out", str(tmp_path / "b"), str(tmp_path / "scene_L.png")]) == 0
+    assert f"+ {tmp_path / 'scene_R.png'} (57x45)" in capsys.readouterr().out
+    assert (tmp_path / "b" / "scene_L_deblurred.png").read_bytes() == (
+        tmp_path / "a" / "scene_L_deblurred.png").read_bytes()
+    # --degrade synthesises both views of a clean image and saves them as <stem>_blurred_L / _R
+    assert main([*args, "--out", str(tmp_path / "c"), "--degrade", str(tmp_path / "other.png")]) == 0
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["other_blurred_L.png", "other_blurred_R.png",
+                                                                  "other_deblurred.png"]
+    # errors that say what is expected
+    for extra, message in (([str(tmp_path / "other.png")], "takes the left and right views: pass --right-view"),
+                           (["--right-view", str(tmp_path / "small.png"), str(tmp_path / "scene_L.png")],
+                            "the left view is 57x45 pixels but its right view .*small.png is 57x40"),
+                           (["--right-view", str(tmp_path / "other.png"), str(tmp_path / "scene_L.png"),
+                             str(tmp_path / "other.png")], "one --right-view per IMAGE, in order: 2 image"),
+                           (["--right-view", str(tmp_path / "absent.png"), str(tmp_path / "scene_L.png")],
+                            "no such file: .*absent.png")):
+        assert main([*args, "--out", str(tmp_path / "d"), *extra]) == 1
+        assert re.search(message, capsys.readouterr().err)
+    assert main(["restore", "--checkpoint", str(tmp_path / "single"), "--right-view", str(tmp_path / "other.png"),
+                 str(tmp_path / "scene_L.png")]) == 1
+    assert "--right-view is for dual-pixel models (6 input channels" in capsys.readouterr().err
