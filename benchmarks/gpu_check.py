@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import visattn  # noqa: E402
 
-from visattn.registry import get_model_class  # noqa: E402
+from visattn.registry import get_model_class, list_families  # noqa: E402
 
 TIMM_PAIRS = {"maxvit_tiny": "maxvit_tiny_tf_224", "davit_tiny": "davit_tiny", "mvitv2_tiny": "mvitv2_tiny"}
 VIDEO_PAIRS = {"mvit_v1_base_16x4": "mvit_v1_b", "mvitv2_small_video": "mvit_v2_s"}
@@ -59,17 +59,6 @@ class Deadline:
 
     def passed(self, need: float = 0.0) -> bool:
         return self.left() < need
-
-
-def families() -> list[str]:
-    """One registered name per model class (the first in sorted order), as the generic tests use."""
-    seen, out = set(), []
-    for name in visattn.list_models():
-        cls = get_model_class(name)
-        if cls not in seen:
-            seen.add(cls)
-            out.append(name)
-    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -328,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{gpu}; torch {torch.__version__}, CUDA {torch.version.cuda}; deadline {args.deadline:.0f} s", flush=True)
     result: dict = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "deadline_s": args.deadline,
                     "notes": []}
-    names = [n for n in args.models.split(",") if n] or families()
+    names = [n for n in args.models.split(",") if n] or list_families()
     result["reduced"] = compare_reduced(names, device, deadline=deadline)
     for r in result["reduced"]:
         print(json.dumps(r), flush=True)

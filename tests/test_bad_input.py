@@ -18,7 +18,7 @@ import visattn
 from visattn.checkpoint import CheckpointError, export_model, load_model, model_meta
 from visattn.cli import main
 from visattn.layers.checks import ConfigTypeError
-from visattn.registry import config_from_dict, get_model_class, get_model_config
+from visattn.registry import config_from_dict, get_model_class, get_model_config, list_families
 from visattn.weights import load_pretrained
 
 TINY = {"stem_width": 8, "dims": (8, 16, 16, 16), "depths": (1, 1, 1, 1), "head_dim": 8, "partition_size": 4,
@@ -26,14 +26,7 @@ TINY = {"stem_width": 8, "dims": (8, 16, 16, 16), "depths": (1, 1, 1, 1), "head_
 TINY_SET = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
 
 
-def _one_variant_per_family() -> list[str]:
-    seen: dict[type, str] = {}
-    for name in visattn.list_models():
-        seen.setdefault(get_model_class(name), name)
-    return sorted(seen.values())
-
-
-FAMILIES = _one_variant_per_family()
+FAMILIES = list_families()
 
 
 def _negated(value: object) -> object:
@@ -120,6 +113,25 @@ def test_truncated_safetensors_names_the_path(tmp_path: Path, capsys: pytest.Cap
         load_pretrained(visattn.create_model("maxvit_tiny", **TINY), weights)
     assert main(["eval", "--checkpoint", str(tmp_path)]) == 1
     assert str(weights) in capsys.readouterr().err
+
+
+def test_checkpoint_with_a_timm_name_or_tag_as_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # --model with --checkpoint names the expected architecture: a timm name or tag resolves to visattn's variant
+    weights = _tiny_saved(tmp_path)
+    bare = tmp_path / "bare.safetensors"                               # the same weights without model.json
+    bare.write_bytes(weights.read_bytes())
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(image)
+    for alias in ("maxvit_tiny_tf_224", "maxvit_tiny_tf_224.in1k"):
+        assert main(["predict", "--checkpoint", str(weights), "--model", alias, str(image), "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)[0]["top"]) == 5
+        assert main(["predict", "--checkpoint", str(bare), "--model", alias, *TINY_SET, str(image), "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)[0]["top"]) == 5
+    assert main(["eval", "--checkpoint", str(weights), "--model", "davit_tiny.msft_in1k"]) == 1
+    assert ("holds a maxvit_tiny (MaxViT) model, not davit_tiny.msft_in1k (visattn's davit_tiny)"
+            in capsys.readouterr().err)
 
 
 def test_model_json_field_of_wrong_type_names_field_and_type(tmp_path: Path) -> None:

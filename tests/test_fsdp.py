@@ -18,7 +18,7 @@ import visattn
 from visattn.checkpoint import CheckpointError, load_model, resolve_model_file
 from visattn.cli import main
 from visattn.distributed import shard_units
-from visattn.registry import get_model_class
+from visattn.registry import get_model_class, list_families
 
 from .test_cli_train import TINY, _same_tensors, tiny_run  # noqa: F401  (tiny_run: the shared 1-process run)
 
@@ -42,14 +42,7 @@ def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def _families() -> list[str]:
-    seen: dict[type, str] = {}
-    for name in visattn.list_models():
-        seen.setdefault(get_model_class(name), name)
-    return list(seen.values())
-
-
-@pytest.mark.parametrize("name", _families())
+@pytest.mark.parametrize("name", list_families())
 def test_shard_units_nest_inner_first(name: str) -> None:
     model = visattn.create_model(name, **get_model_class(name).test_overrides)
     units = shard_units(model)

@@ -32,8 +32,10 @@ def test_exits_zero_without_cuda(tmp_path) -> None:
 
 
 def test_reduced_comparison_on_cpu(tmp_path) -> None:
+    from visattn.registry import list_families
+
     gpu_check = _load()
-    names = gpu_check.families()[:2]
+    names = list_families()[:2]
     rows = gpu_check.compare_reduced(names, "cpu")
     assert [(r["model"], r["dtype"]) for r in rows] == [(n, d) for n in names for d in ("fp32", "bf16")]
     for r in rows:
@@ -62,10 +64,10 @@ def test_speed_comparison_on_cpu() -> None:
     import copy
 
     import visattn
-    from visattn.registry import get_model_class
+    from visattn.registry import get_model_class, list_families
 
     gpu_check = _load()
-    name = next(n for n in gpu_check.families()
+    name = next(n for n in list_families()
                 if getattr(get_model_class(n), "task", "classification") == "classification")
     ours = visattn.create_model(name, **get_model_class(name).test_overrides)
 

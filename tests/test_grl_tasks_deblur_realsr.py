@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ from PIL import Image
 
 import visattn
 from visattn.cli import main
-from visattn.models.grl import GRL, REFERENCE_PARAMS, remap_state_dict
+from visattn.models.grl import REFERENCE_PARAMS, remap_state_dict
 from visattn.tasks import get_task
-from visattn.tasks.base import DataError
+from visattn.tasks.base import DataError, RunSettings
 from visattn.tasks.restoration.blur import (
     DefocusBlur,
     MotionBlur,
@@ -24,9 +25,15 @@ from visattn.tasks.restoration.blur import (
     half_disk_kernels,
     motion_kernel,
 )
-from visattn.tasks.restoration.data import RestorationData
+from visattn.tasks.restoration.data import (
+    RestorationData,
+    find_pair_groups,
+    load_benchmark,
+    load_pairs,
+    load_restoration_data,
+)
+from visattn.tasks.restoration.deblur import DefocusDeblurTask, MotionDeblurTask
 from visattn.tasks.restoration.metrics import quantize
-from visattn.tasks.restoration.paired import DefocusDeblurTask, MotionDeblurTask, find_pair_groups, load_pairs
 from visattn.tasks.restoration.realsr import SecondOrderDegradation, gaussian_kernel, jpeg
 from visattn.tasks.restoration.tiling import tiled_forward
 
@@ -255,7 +262,8 @@ def test_paired_folders_pair_by_name_and_refuse_mismatches(tmp_path) -> None:
     assert torch.equal(given, (clean // 2 + 60).to(torch.uint8))
     # a file on one side only, and a size mismatch: errors that name them
     _save(tmp_path / "GoPro" / "test" / "GOPR0003" / "blur" / "extra.png", np.zeros((40, 44, 3), np.uint8))
-    with pytest.raises(DataError, match=r"only in the input: \['extra'\]; only in the target: none"):
+    with pytest.raises(DataError, match=r"GOPR0003/blur and .*GOPR0003/sharp must hold the same file names .*: only "
+                                        r"in blur/: extra; only in sharp/: none"):
         load_pairs(find_pair_groups(tmp_path / "GoPro"))
     (tmp_path / "GoPro" / "test" / "GOPR0003" / "blur" / "extra.png").unlink()
     _save(tmp_path / "GoPro" / "test" / "GOPR0003" / "blur" / "000002.png", np.zeros((20, 44, 3), np.uint8))
@@ -282,6 +290,41 @@ def test_dpdd_layout_single_and_dual_pixel(tmp_path) -> None:
     assert given.shape == (6, 36, 40)
     assert torch.equal(given[:3], clean // 3) and torch.equal(given[3:], clean // 4)        # left, then right
     assert torch.equal(single[0][2], single[0][1] // 2)                                     # the combined image
+
+
+def test_one_paired_folder_reader_for_every_task(tmp_path, caplog) -> None:
+    # GoPro folders train a JPEG model as they train a deblurring one, with the same names and split
+    _gopro(tmp_path / "GoPro", np.random.default_rng(4))
+    for name in ("jpeg", "deblur-motion"):
+        cls = get_task(name)
+        task = cls.for_training(RunSettings(data=str(tmp_path / "GoPro"), img_size=16), cls.Options())
+        assert task.data.source["paired"] is True and len(task.data.train) == 4 and task.data.train[0][1].shape[0] == 6
+        assert [n for n, _, _ in task.data.val] == ["test/GOPR0003/000001", "test/GOPR0003/000002"]
+    # input/ + target/ at the top (the JPEG layout) for deblurring; a val/ of clean images beside paired train/
+    for n in ("a", "b"):
+        sharp = np.random.default_rng(5).integers(0, 255, (24, 20, 3), dtype=np.uint8)
+        _save(tmp_path / "mixed" / "train" / "target" / f"{n}.png", sharp)
+        _save(tmp_path / "mixed" / "train" / "input" / f"{n}.jpg", sharp)
+    _save(tmp_path / "mixed" / "val" / "clean.png", np.zeros((24, 20, 3), np.uint8))
+    cls = get_task("deblur-motion")
+    task = cls.for_training(RunSettings(data=str(tmp_path / "mixed"), img_size=16), cls.Options(kernel_size=5))
+    assert [n for n, _ in task.data.train] == ["train/a", "train/b"]
+    assert [(n, given) for n, _, given in task.data.val] == [("clean", None)]          # input synthesised
+    # evaluation items of a run validated on --val-data: the training folder is not read at all
+    data = load_restoration_data(str(tmp_path / "gone"), scale=1, channels=3, patch=16,
+                                 val_data=str(tmp_path / "GoPro" / "test"), eval_only=True)
+    assert not data.train and len(data.val) == 2
+    # x2 pairs (an SR benchmark as input/ + target/): the input must be half its target
+    _save(tmp_path / "sr" / "target" / "a.png", np.zeros((20, 24, 3), np.uint8))
+    _save(tmp_path / "sr" / "input" / "a.png", np.zeros((10, 12, 3), np.uint8))
+    (name, clean, given), = load_benchmark(tmp_path / "sr", 3, scale=2)
+    assert clean.shape == (3, 20, 24) and given.shape == (3, 10, 12)
+    _save(tmp_path / "sr" / "input" / "a.png", np.zeros((10, 11, 3), np.uint8))
+    with pytest.raises(DataError, match=r"input size \(10, 11\) is not 1 / 2 of its target's \(20, 24\)"):
+        load_benchmark(tmp_path / "sr", 3, scale=2)
+    (tmp_path / "sr" / "input" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")          # skipped at scan time
+    with pytest.raises(DataError, match=r"only in input/: none; only in target/: a"):
+        load_benchmark(tmp_path / "sr", 3, scale=2)
 
 
 def test_paired_augment_keeps_input_and_target_aligned() -> None:
@@ -403,8 +446,64 @@ def test_cli_dual_pixel_defocus_on_dpdd(tmp_path, capsys) -> None:
     assert summary["val_count"] == 1 and math.isfinite(summary["val_mae"])
     assert main(["eval", "--checkpoint", str(run), "--threads", "1"]) == 0
     assert json.loads((run / "eval.json").read_text())["val_psnr"] == pytest.approx(summary["val_psnr"], abs=1e-3)
-    # visattn restore reads one image file per input: a dual-pixel model's two views are refused with the reason
-    photo = tmp_path / "dd_dp" / "test_c" / "target" / "t.png"
+    # visattn restore finds the right view of DPDD's left one (test_l/source/ -> test_r/source/); one image alone is
+    # refused with what it needs
+    left = tmp_path / "dd_dp" / "test_l" / "source" / "t.png"
     assert main(["restore", "--checkpoint", str(run), "--out", str(tmp_path / "out"), "--threads", "1",
+                 str(left)]) == 0
+    assert f"{left} + {tmp_path / 'dd_dp' / 'test_r' / 'source' / 't.png'} (40x36)" in capsys.readouterr().out
+    with Image.open(tmp_path / "out" / "t_deblurred.png") as im:
+        assert im.size == (40, 36) and im.mode == "RGB"
+    photo = tmp_path / "dd_dp" / "test_c" / "target" / "t.png"
+    assert main(["restore", "--checkpoint", str(run), "--out", str(tmp_path / "out2"), "--threads", "1",
                  str(photo)]) == 1
-    assert "expects 6 input channels" in capsys.readouterr().err
+    assert "takes the left and right views: pass --right-view FILE" in capsys.readouterr().err
+
+
+def test_cli_restore_dual_pixel_views(tmp_path, capsys) -> None:
+    # a random 6 -> 3 model: IMAGE is the left view, --right-view (or a <stem>_R file) the right one; the output is
+    # the model's tiled inference on (left, right) in that order
+    from visattn.checkpoint import export_model, model_meta
+
+    torch.manual_seed(0)
+    model = visattn.create_model("grl_tiny", **TINY, upscale=1, in_chans=6, out_chans=3).eval()
+    export_model(tmp_path / "dp", model.state_dict(), model_meta(model, task="deblur-defocus"))  # options implied
+    single = visattn.create_model("grl_tiny", **TINY, upscale=1)
+    export_model(tmp_path / "single", single.state_dict(), model_meta(single, task="deblur-defocus"))
+    g = np.random.default_rng(6)
+    views = [g.integers(0, 255, (45, 57, 3), dtype=np.uint8) for _ in range(2)]
+    for name, arr in (("scene_L", views[0]), ("scene_R", views[1]), ("other", views[1])):
+        _save(tmp_path / f"{name}.png", arr)
+    _save(tmp_path / "small.png", views[1][:40])
+    args = ["restore", "--checkpoint", str(tmp_path / "dp"), "--tile", "24", "--tile-overlap", "8", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--right-view", str(tmp_path / "other.png"),
+                 str(tmp_path / "scene_L.png")]) == 0
+    x = torch.from_numpy(np.concatenate(views, -1)).permute(2, 0, 1)[None].float() / 255        # (1, 6, 45, 57)
+    with torch.no_grad():
+        expected = quantize(tiled_forward(model, x, tile=24, overlap=8).clamp(0, 1))[0]
+        swapped = quantize(tiled_forward(model, x[:, [3, 4, 5, 0, 1, 2]], tile=24, overlap=8).clamp(0, 1))[0]
+    with Image.open(tmp_path / "a" / "scene_L_deblurred.png") as im:
+        got = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255
+    assert got.shape == (3, 45, 57) and torch.equal(got, expected) and not torch.equal(got, swapped)
+    # DPDD-style names: scene_R.png beside scene_L.png is its right view
+    assert main([*args, "--out", str(tmp_path / "b"), str(tmp_path / "scene_L.png")]) == 0
+    assert f"+ {tmp_path / 'scene_R.png'} (57x45)" in capsys.readouterr().out
+    assert (tmp_path / "b" / "scene_L_deblurred.png").read_bytes() == (
+        tmp_path / "a" / "scene_L_deblurred.png").read_bytes()
+    # --degrade synthesises both views of a clean image and saves them as <stem>_blurred_L / _R
+    assert main([*args, "--out", str(tmp_path / "c"), "--degrade", str(tmp_path / "other.png")]) == 0
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["other_blurred_L.png", "other_blurred_R.png",
+                                                                  "other_deblurred.png"]
+    # errors that say what is expected
+    for extra, message in (([str(tmp_path / "other.png")], "takes the left and right views: pass --right-view"),
+                           (["--right-view", str(tmp_path / "small.png"), str(tmp_path / "scene_L.png")],
+                            "the left view is 57x45 pixels but its right view .*small.png is 57x40"),
+                           (["--right-view", str(tmp_path / "other.png"), str(tmp_path / "scene_L.png"),
+                             str(tmp_path / "other.png")], "one --right-view per IMAGE, in order: 2 image"),
+                           (["--right-view", str(tmp_path / "absent.png"), str(tmp_path / "scene_L.png")],
+                            "no such file: .*absent.png")):
+        assert main([*args, "--out", str(tmp_path / "d"), *extra]) == 1
+        assert re.search(message, capsys.readouterr().err)
+    assert main(["restore", "--checkpoint", str(tmp_path / "single"), "--right-view", str(tmp_path / "other.png"),
+                 str(tmp_path / "scene_L.png")]) == 1
+    assert "--right-view is for dual-pixel models (6 input channels" in capsys.readouterr().err

@@ -16,7 +16,13 @@ from PIL import Image
 import visattn
 from visattn.cli import main
 from visattn.models.grl import GRL
-from visattn.tasks.restoration.data import RestorationData, builtin_photos, load_pairs, load_restoration_data
+from visattn.tasks.restoration.data import (
+    RestorationData,
+    builtin_photos,
+    find_pair_groups,
+    load_pairs,
+    load_restoration_data,
+)
 from visattn.tasks.restoration.jpeg import JpegArtifactTask, JpegCompression, blocking_effect_factor, psnr_b
 from visattn.tasks.restoration.metrics import psnr, quantize
 from visattn.tasks.restoration.mosaic import BayerMosaic, DemosaicTask, bayer_mosaic, malvar_demosaic
@@ -213,9 +219,9 @@ def _paired_folder(root, names_in, names_tg, size=(40, 48)):
 def test_paired_folders_match_names_and_train_on_pairs(tmp_path) -> None:
     _paired_folder(tmp_path / "bad", ["a", "b", "x"], ["a", "b", "y"])
     with pytest.raises(ValueError, match="only in input/: x; only in target/: y"):
-        load_pairs(tmp_path / "bad", 3)
+        load_pairs(find_pair_groups(tmp_path / "bad"), 3)
     _paired_folder(tmp_path / "ok", ["a", "b", "c"], ["a", "b", "c"])
-    pairs = load_pairs(tmp_path / "ok", 3)
+    pairs = load_pairs(find_pair_groups(tmp_path / "ok"), 3)
     assert [n for n, _, _ in pairs] == ["a", "b", "c"] and pairs[0][1].shape == pairs[0][2].shape == (3, 40, 48)
     data = load_restoration_data(str(tmp_path / "ok"), scale=1, channels=3, patch=16, val_fraction=0.34)
     assert len(data.train) == 2 and len(data.val) == 1 and data.val[0][2] is not None

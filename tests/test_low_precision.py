@@ -13,20 +13,10 @@ import torch
 
 import visattn
 
-from visattn.registry import get_attention_class, get_model_class
+from visattn.registry import get_attention_class, get_model_class, list_families
 
 TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 1e-2}
 DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
-
-
-def _families() -> list[str]:
-    seen, out = set(), []
-    for name in visattn.list_models():
-        cls = get_model_class(name)
-        if cls not in seen:
-            seen.add(cls)
-            out.append(name)
-    return out
 
 
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -42,7 +32,7 @@ def _check(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) 
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", _families())
+@pytest.mark.parametrize("name", list_families())
 def test_model_low_precision_weights(name: str, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     model = visattn.create_model(name, **get_model_class(name).test_overrides).eval()
@@ -54,7 +44,7 @@ def test_model_low_precision_weights(name: str, dtype: torch.dtype) -> None:
     _check(out, ref, dtype, name)
 
 
-@pytest.mark.parametrize("name", _families())
+@pytest.mark.parametrize("name", list_families())
 def test_model_bf16_weights_backward(name: str) -> None:
     torch.manual_seed(0)
     model = visattn.create_model(name, **get_model_class(name).test_overrides).to(torch.bfloat16).train()

@@ -15,23 +15,12 @@ import torch
 import visattn
 from visattn.layers.attend import use_fused
 from visattn.layers.model import TASKS, VisionModel, example_size
-from visattn.registry import config_from_dict, config_to_dict, get_model_class, reference_params
+from visattn.registry import config_from_dict, config_to_dict, get_model_class, list_families, reference_params
 
 ALL = visattn.list_models()
 
 
-def _families() -> list[str]:
-    # One representative variant per model class (the first name in sorted order).
-    seen, out = set(), []
-    for name in ALL:
-        cls = get_model_class(name)
-        if cls not in seen:
-            seen.add(cls)
-            out.append(name)
-    return out
-
-
-FAMILIES = _families()
+FAMILIES = list_families()                   # one representative variant per model class
 # Backbone/head tests apply to classifiers (the contract's ``task``).
 CLASSIFIERS = [n for n in FAMILIES if get_model_class(n).task == "classification"]
 
@@ -64,6 +53,14 @@ def test_param_count_matches_reference(name: str) -> None:
     with torch.device("meta"):
         model = visattn.create_model(name)
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_families_are_the_first_name_of_every_model_class() -> None:
+    classes = [get_model_class(n) for n in FAMILIES]
+    assert len(set(classes)) == len(classes) == len({get_model_class(n) for n in ALL}) > 1
+    assert FAMILIES == sorted(FAMILIES)
+    assert all(ALL.index(n) == min(i for i, m in enumerate(ALL) if get_model_class(m) is c)
+               for n, c in zip(FAMILIES, classes))
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -115,6 +115,28 @@ def test_a_model_of_another_kind_is_refused(tmp_path: Path, capsys: pytest.Captu
     assert "is a video classification model; the 'classification' task trains image" in capsys.readouterr().err
 
 
+# --- what predict prints for a classifier (images and videos alike) -------------------------------------------------
+
+def test_top_classes_printing_and_the_end_of_predict(capsys: pytest.CaptureFixture,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from visattn.tasks.base import PredictRequest
+    from visattn.tasks.topk import class_names, finish_predictions, format_top, top_classes
+
+    classes = class_names({}, 3)
+    assert classes == ["0", "1", "2"] and class_names({"classes": ["a", "b"]}, 2) == ["a", "b"]
+    preds = top_classes(torch.tensor([0.1, 0.6, 0.3]), classes, 5)                      # k capped at 3 classes
+    assert [(p["class"], p["index"]) for p in preds] == [("1", 1), ("2", 2), ("0", 0)]
+    assert format_top(preds[:2]) == "1 (0.600), 2 (0.300)"
+    request = PredictRequest(inputs=["a.png", "b.png"], topk=2, json=True)
+    assert finish_predictions([{"image": "a.png", "top": preds[:2]}], 1, request, "image") == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"] == "1"
+    assert "skipped 1 of 2 image(s)" in caplog.text
+    with pytest.raises(ValueError, match="no readable video among the inputs"):
+        finish_predictions([], 2, PredictRequest(inputs=["a.mp4", "b.mp4"]), "video")
+    with pytest.raises(ValueError, match="--topk must be at least 1, got 0"):
+        PredictRequest(inputs=["a.png"], topk=0)
+
+
 # --- the import graph ----------------------------------------------------------------------------------------------
 
 LAYERS = ["layers", "attention", "models", "tasks", "train", "cli"]

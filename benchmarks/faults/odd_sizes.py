@@ -85,16 +85,14 @@ def main() -> None:
     import torch
 
     import visattn
-    from visattn.registry import get_attention_class, get_model_class
+    from visattn.registry import get_attention_class, get_model_class, list_families
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     rows = []
     start = time.perf_counter()
-    families: dict[type, str] = {}
-    for name in visattn.list_models():
-        families.setdefault(get_model_class(name), name)
-    for cls, name in sorted(families.items(), key=lambda kv: kv[1]):
+    for name in list_families():
+        cls = get_model_class(name)
         if args.only and args.only not in name:
             continue
         model = visattn.create_model(name, **cls.test_overrides).eval()

@@ -504,8 +504,10 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
     weights, meta = resolve_model_file(path)
     if meta is not None:
         saved = meta.get("model")
-        if model_name and saved and model_name != saved:
-            raise CheckpointError(f"{weights} holds a {saved} ({meta.get('model_class')}) model, not {model_name}; "
+        expected = _variant_name(model_name) if model_name else None
+        if expected and saved and expected != saved:
+            named = model_name if expected == model_name else f"{model_name} (visattn's {expected})"
+            raise CheckpointError(f"{weights} holds a {saved} ({meta.get('model_class')}) model, not {named}; "
                                   f"drop --model or pass a {model_name} checkpoint")
         cls = get_model_class(saved)
         if meta.get("model_class") not in (None, cls.__name__):
@@ -537,6 +539,20 @@ def load_model(path: str | os.PathLike, *, model_name: str | None = None,
         raise CheckpointError(f"{weights}: {first}. Is it a checkpoint of another architecture?") from err
     check_finite(model.state_dict(), weights)
     return model.eval(), meta
+
+
+def _variant_name(name: str) -> str:
+    """The registered variant ``name`` stands for: itself, or the variant of a weights tag or timm / torchvision
+    alias (``maxvit_tiny_tf_224.in1k`` -> ``maxvit_tiny``); an unknown name is returned as is."""
+    from .registry import list_models
+    from .weights.registry import get_weights
+
+    if name in list_models():
+        return name
+    try:
+        return get_weights(name).model
+    except ValueError:
+        return name
 
 
 def load_published_model(name: str, *, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:

@@ -16,6 +16,7 @@ __all__ = [
     "register_attention",
     "create_model",
     "list_models",
+    "list_families",
     "create_attention",
     "list_attention",
     "get_model_config",
@@ -105,6 +106,19 @@ def list_models(pattern: str = "*") -> list[str]:
     """Sorted names of registered models matching a shell-style ``pattern``."""
     _ensure_loaded()
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def list_families() -> list[str]:
+    """One registered name per model class (the first in sorted order): a representative of every family, as the
+    generic tests and the GPU check run them (each with its class's reduced ``test_overrides``)."""
+    _ensure_loaded()
+    seen, out = set(), []
+    for name in sorted(_MODELS):
+        cls = _MODELS[name][0]
+        if cls not in seen:
+            seen.add(cls)
+            out.append(name)
+    return out
 
 
 def get_model_config(name: str, **overrides: Any) -> Any:

@@ -21,8 +21,9 @@ def add_model_source_args(p: argparse.ArgumentParser) -> None:
                                               "--model names published weights")
     p.add_argument("--model", "-m", help="published weights (a tag such as maxvit_tiny_tf_224.in1k, or a model "
                                          "name with published weights: its default tag; `visattn list --pretrained`); "
-                                         "with --checkpoint: the expected architecture (required for weights "
-                                         "without model.json)")
+                                         "with --checkpoint: the expected architecture, a visattn name or a "
+                                         "timm / torchvision name or tag (required for weights without "
+                                         "model.json)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="model config override for a model built from --model, repeatable")
 

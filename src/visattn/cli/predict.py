@@ -34,11 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from ._common import apply_runtime
     from .eval import load_model_from_args, task_for_saved_model
 
-    if args.topk < 1:
-        raise ValueError(f"--topk must be at least 1, got {args.topk}")
     device = apply_runtime(args)
+    request = PredictRequest(inputs=list(args.inputs), topk=args.topk, out=Path(args.out) if args.out else None,
+                             json=args.json, device=device)                  # checks --topk before loading
     model, meta = load_model_from_args(args)
     _, task_cls, options = task_for_saved_model(args, model, meta)
-    request = PredictRequest(inputs=list(args.inputs), topk=args.topk, out=Path(args.out) if args.out else None,
-                             json=args.json, device=device)
     return task_cls.predict(model.to(device), meta, options, request)

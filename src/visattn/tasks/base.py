@@ -104,6 +104,10 @@ class PredictRequest:
     json: bool = False
     device: Any = "cpu"
 
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise ValueError(f"--topk must be at least 1, got {self.topk}")
+
 
 class Task:
     """Base class of every task (see the module docstring for the protocol).

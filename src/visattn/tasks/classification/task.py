@@ -9,9 +9,7 @@ training set stops the run with the files' names; evaluation leaves them out and
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from torch import Tensor, nn
 from ...distributed import DistInfo, all_reduce_sum
 from ..augment import apply_crops, center_crops, normalize, sample_crops
 from ..base import DataError, EvalContext, PredictRequest, RunSettings, Task
+from ..topk import class_names, finish_predictions, format_top, top_classes, topk_correct
 from . import ClassificationOptions
 from .data import (
     IMAGENET_MEAN,
@@ -42,13 +41,6 @@ from .data import (
 __all__ = ["ClassificationTask", "collate", "collate_readable", "topk_correct"]
 
 log = logging.getLogger("visattn")
-
-
-def topk_correct(logits: Tensor, targets: Tensor, ks: Sequence[int]) -> list[int]:
-    """Number of samples whose target is among the top-k logits, for each k (k capped at the class count)."""
-    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices  # (B, kmax)
-    hit = top == targets[:, None]
-    return [int(hit[:, :k].any(dim=-1).sum()) for k in ks]
 
 
 def collate(batch: list[Item]) -> tuple[Tensor, Tensor, tuple[Unreadable, ...]]:
@@ -300,13 +292,11 @@ class ClassificationTask(Task):
         interpolation)."""
         if not request.inputs:
             raise ValueError("no IMAGE given")
-        if request.topk < 1:
-            raise ValueError(f"--topk must be at least 1, got {request.topk}")
         size = int(meta.get("img_size") or 224)
         crop_pct = float(options.crop_pct or meta.get("crop_pct") or 0.875)
         mean = options.mean or meta.get("mean") or IMAGENET_MEAN
         std = options.std or meta.get("std") or IMAGENET_STD
-        classes = meta.get("classes") or [str(i) for i in range(model.config.num_classes)]
+        classes = class_names(meta, model.config.num_classes)
         published = "interpolation" in meta                            # published weights: timm's eval transform
         results, skipped = [], 0
         for path in request.inputs:
@@ -326,15 +316,8 @@ class ClassificationTask(Task):
                 x = normalize(apply_crops(image, center_crops(1, crop_pct), size), mean, std).to(request.device)
             with torch.no_grad():
                 probs = model(x).float().softmax(-1)[0].cpu()
-            top = probs.topk(min(request.topk, len(probs)))
-            preds = [{"class": classes[i], "index": int(i), "prob": float(p)} for p, i in zip(top.values, top.indices)]
+            preds = top_classes(probs, classes, request.topk)
             results.append({"image": path, "top": preds})
             if not request.json:
-                print(f"{path}: " + ", ".join(f"{p['class']} ({p['prob']:.3f})" for p in preds))
-        if request.json:
-            print(json.dumps(results, indent=2))
-        if skipped:
-            log.warning("skipped %d of %d image(s)", skipped, len(request.inputs))
-        if not results:
-            raise ValueError("no readable image among the inputs")
-        return 0
+                print(f"{path}: {format_top(preds)}")
+        return finish_predictions(results, skipped, request, "image")

@@ -10,9 +10,10 @@ whose ``degradation()`` builds it plus one ``register_task`` call (with a two-li
 ``task.py``: the registry records the name and options on the class). JPEG (``jpeg.py``) and demosaicking
 (``mosaic.py``) keep their degradation, task class and metric in their own module.
 
-Files: ``degradations.py`` (the degradations), ``task.py`` (the task), ``data.py`` (photos, folders, benchmark
-folders, crops), ``metrics.py`` (MATLAB bicubic, PSNR, SSIM), ``tiling.py`` (tiled inference), ``io.py`` (image
-files). This module imports the standard library only (the command line builds its flags from it).
+Files: ``degradations.py`` (the degradations), ``task.py`` (the task), ``data.py`` (photos, folders, paired folders,
+benchmark folders, crops), ``metrics.py`` (MATLAB bicubic, PSNR, SSIM), ``tiling.py`` (tiled inference), ``blur.py``
+and ``deblur.py`` (blur degradations, deblurring tasks), ``realsr.py`` (real-world SR); image files are read by
+``tasks/image_io.py``. This module imports the standard library only (the command line builds its flags from it).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from .. import register_task
 if TYPE_CHECKING:
     from .degradations import Degradation
 
-__all__ = ["DemosaicOptions", "DenoiseOptions", "JpegOptions", "SROptions"]
-__all__ = ["DefocusDeblurOptions", "DenoiseOptions", "MotionDeblurOptions", "RealSROptions", "SROptions"]
+__all__ = ["DefocusDeblurOptions", "DemosaicOptions", "DenoiseOptions", "JpegOptions", "MotionDeblurOptions",
+           "RealSROptions", "SROptions"]
 
 _VAL_DATA_HELP = ("restoration: evaluation benchmark folder (Set5 layout: HR/ and optionally the given inputs, "
                   "e.g. LR_bicubic/X4/)")
@@ -125,7 +126,7 @@ register_task("jpeg", "visattn.tasks.restoration.jpeg:JpegArtifactTask", options
               help="JPEG artefact removal at --quality (GRL)")
 register_task("demosaic", "visattn.tasks.restoration.mosaic:DemosaicTask", options=DemosaicOptions,
               help="demosaicking of a Bayer RGGB mosaic (GRL)")
-# --- deblurring and real-world super-resolution (tasks/restoration/blur.py, paired.py, realsr.py) ---------------
+# --- deblurring and real-world super-resolution (tasks/restoration/blur.py, deblur.py, realsr.py) ---------------
 
 _PAIRED_VAL_HELP = ("restoration: evaluation folder: pairs (input/ or blur/ beside target/ or sharp/; dual-pixel "
                     "inputL/ + inputR/ or DPDD's _l/_r/_c folders) or clean images")
@@ -195,9 +196,9 @@ class RealSROptions:
         return {"scale": int(scale)} if scale else {}
 
 
-register_task("deblur-motion", "visattn.tasks.restoration.paired:MotionDeblurTask", options=MotionDeblurOptions,
+register_task("deblur-motion", "visattn.tasks.restoration.deblur:MotionDeblurTask", options=MotionDeblurOptions,
               help="motion deblurring: random camera-shake blur or GoPro-style pairs (GRL)")
-register_task("deblur-defocus", "visattn.tasks.restoration.paired:DefocusDeblurTask", options=DefocusDeblurOptions,
+register_task("deblur-defocus", "visattn.tasks.restoration.deblur:DefocusDeblurTask", options=DefocusDeblurOptions,
               help="defocus deblurring: random disk blur or DPDD pairs, single image or dual-pixel (GRL)")
 register_task("real-sr", "visattn.tasks.restoration.realsr:RealSRTask", options=RealSROptions,
               help="real-world super-resolution: randomised second-order degradation, L1 (GRL)")

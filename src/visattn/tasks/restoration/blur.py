@@ -11,7 +11,7 @@ right half, and their average is the full-disk (combined) image.
 
 The official GRL trains both deblurring tasks on real pairs (GoPro, RealBlur, DPDD, read by
 ``restoration_paired_dataset.py``) and synthesises no blur; these degradations let the tasks train on any clean
-photos, and ``tasks/restoration/paired.py`` reads the real pairs.
+photos, and ``tasks/restoration/data.py`` reads the real pairs.
 """
 
 from __future__ import annotations
@@ -200,9 +200,9 @@ class DefocusBlur(Degradation):
         self.size = 2 * math.ceil(self.max_radius) + 1
 
     @property
-    def input_channels(self) -> int:
-        """Channels of the model input (6 for dual-pixel views of an RGB image)."""
-        return 6 if self.dual_pixel else 3
+    def views(self) -> int:
+        """Images stacked in the model input: the left and right views (dual-pixel), or the one blurred image."""
+        return 2 if self.dual_pixel else 1
 
     def radius(self, rng: torch.Generator) -> float:
         return _uniform(rng, self.min_radius, self.max_radius)

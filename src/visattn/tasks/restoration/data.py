@@ -1,4 +1,5 @@
-"""Restoration data: clean images for training crops and evaluation items, from the built-in photos or folders.
+"""Restoration data: clean images for training crops and evaluation items, from the built-in photos or folders, and
+paired folders (a degraded input and its clean target per file name) for every restoration task.
 
 Data sources (``--data``):
 
@@ -6,12 +7,20 @@ Data sources (``--data``):
   :data:`TRAIN_PHOTOS` are for training and :data:`EVAL_PHOTOS` - other scenes - are held out for evaluation.
 * a folder of high-quality images (any depth of sub-folders), or one with ``train/`` and ``val/`` sub-folders.
   Without ``val/`` (and without ``--val-data``), ``val_fraction`` of the images is held out with a fixed seed.
-* a paired folder: ``input/`` (degraded images, e.g. JPEGs or mosaics) and ``target/`` (their clean images) with the
-  same file names (stems); training crops are cut at the same place in both (inputs the size of their targets), and
-  a name found on one side only is an error listing them. ``train/`` and ``val/`` may each be such a pair of folders.
-* ``--val-data``: a benchmark folder laid out like Set5 / Set14 / Urban100: ``HR/`` (or the images directly) and
-  optionally the degraded inputs in one of the degradation's ``given_inputs`` folders (for x4 SR
-  ``LR_bicubic/X4/``, ``LR/X4/``, ``LRbicx4/`` or ``LR/``), matched by file stem with or without an ``x<s>``
+* paired folders, found at any depth below the given folder (:func:`find_pair_groups`): a folder holding
+  ``target/`` (or ``sharp/``, ``gt/``) beside ``input/`` (or ``blur/``, ``inputC/``, ``source/``) - a JPEG / mosaic
+  pair folder, GoPro's ``train/GOPR0372_07_00/{blur,sharp}/``, Restormer's ``test/GoPro/{input,target}/``, RealBlur,
+  HIDE, DPDD's ``<split>_c/{source,target}/``; for dual-pixel models (2 input views) ``inputL/`` + ``inputR/``
+  beside ``target/`` (Restormer's DPDD layout) or DPDD's own ``<split>_c/target/`` with the views in
+  ``<split>_l/source/`` and ``<split>_r/source/``. Files pair by their path inside the input and target folders
+  without the extension (``a.jpg`` pairs with ``a.png``); a name present on one side only is an error listing them,
+  and so is an input whose size is not its target's (``1 / scale`` of it). Folders whose path (below the given one)
+  has a part starting with ``train`` hold training pairs, ``val`` / ``test`` ones evaluation pairs; with no such
+  split a fixed share is held out (a ``val/`` folder of clean images beside paired ``train/`` folders also serves).
+  Training crops are cut at the same place in input and target: the two are stacked on channels as one image.
+* ``--val-data``: paired folders as above, or a benchmark folder laid out like Set5 / Set14 / Urban100: ``HR/`` (or
+  the images directly) and optionally the degraded inputs in one of the degradation's ``given_inputs`` folders (for
+  x4 SR ``LR_bicubic/X4/``, ``LR/X4/``, ``LRbicx4/`` or ``LR/``), matched by file stem with or without an ``x<s>``
   suffix. Missing inputs are generated from the clean image.
 
 Training samples are random crops of ``patch`` clean pixels (positions drawn once per run from the seed,
@@ -33,9 +42,9 @@ from torch import Tensor
 from ..base import DataError
 from ..image_io import IMAGE_EXTENSIONS, read_image_float
 
-__all__ = ["EVAL_PHOTOS", "TRAIN_PHOTOS", "EvalImages", "PatchDataset", "RestorationData", "builtin_eval_items",
-           "builtin_photos", "crop_items", "is_paired", "load_benchmark", "load_pairs", "load_restoration_data",
-           "scan_images"]
+__all__ = ["EVAL_PHOTOS", "TRAIN_PHOTOS", "EvalImages", "PairGroup", "PatchDataset", "RestorationData",
+           "builtin_eval_items", "builtin_photos", "crop_items", "find_pair_groups", "load_benchmark", "load_pairs",
+           "load_restoration_data", "match_pairs", "read_pairs", "scan_images"]
 
 log = logging.getLogger("visattn")
 
@@ -123,55 +132,151 @@ def _find_input_folder(root: Path, candidates: Sequence[str]) -> Path | None:
     return None
 
 
-def is_paired(root: Path) -> bool:
-    """Whether ``root`` holds a paired dataset: ``input/`` and ``target/`` sub-folders."""
-    return (root / "input").is_dir() and (root / "target").is_dir()
+# --- paired folders ----------------------------------------------------------------------------------------------
+
+#: a folder of clean targets, and beside it the folder of degraded inputs (the first found) or of dual-pixel views
+TARGET_DIRS = ("target", "sharp", "gt")
+INPUT_DIRS = ("input", "blur", "inputC", "source")
+DUAL_DIRS = ("inputL", "inputR")
+#: sub-folders of a data folder that hold its evaluation images
+VAL_DIRS = ("val", "validation", "test")
 
 
-def load_pairs(root: Path, channels: int, *, scale: int = 1) -> list[tuple[str, Tensor, Tensor]]:
-    """(name, target uint8, input uint8) of a paired folder: ``input/`` and ``target/`` holding the same file names
-    (matched by stem, so ``a.jpg`` pairs with ``a.png``); each input is ``1 / scale`` of its target's size.
+@dataclass(frozen=True)
+class PairGroup:
+    """One folder of pairs: the target folder and the input folder(s) (one, or one per view: left and right)."""
+
+    target: Path
+    inputs: tuple[Path, ...]
+    split: str                                      # "train", "val" or "" (no split named)
+
+
+def _split_of(path: Path, root: Path) -> str:
+    for part in path.relative_to(root).parts:
+        low = part.lower()
+        if low.startswith("train"):
+            return "train"
+        if low.startswith(("val", "test")):
+            return "val"
+    return ""
+
+
+def find_pair_groups(root: Path, views: int = 1) -> list[PairGroup]:
+    """The paired folders under ``root`` (itself included) for 1 input view or 2 (dual-pixel), sorted; none if
+    ``root`` is not a folder."""
+    if not root.is_dir():
+        return []
+    groups = []
+    for folder in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+        target = next((folder / n for n in TARGET_DIRS if (folder / n).is_dir()), None)
+        if target is None:
+            continue
+        if views == 1:
+            inputs = tuple(folder / n for n in INPUT_DIRS if (folder / n).is_dir())[:1]
+        elif all((folder / n).is_dir() for n in DUAL_DIRS):
+            inputs = tuple(folder / n for n in DUAL_DIRS)
+        elif folder.name.lower().endswith("_c"):                        # DPDD: <split>_c/target, <split>_{l,r}/source
+            stem = folder.name[:-2]
+            inputs = tuple(folder.parent / f"{stem}{s}" / "source" for s in ("_l", "_r"))
+            inputs = inputs if all(p.is_dir() for p in inputs) else ()
+        else:
+            inputs = ()
+        if not inputs:
+            log.warning("%s has no %s beside it; skipped", target,
+                        " or ".join(INPUT_DIRS) if views == 1 else "inputL/ + inputR/ (or DPDD _l/_r folders)")
+            continue
+        groups.append(PairGroup(target, inputs, _split_of(folder, root)))
+    return groups
+
+
+def _keyed(folder: Path) -> dict[str, Path]:
+    # readable images by their path inside ``folder`` without the extension
+    return {str(p.relative_to(folder).with_suffix("")): p for p in scan_images(folder)}
+
+
+def _listed(names: list[str]) -> str:
+    return (", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")) or "none"
+
+
+def match_pairs(groups: Sequence[PairGroup], *, root: Path | None = None) -> list[tuple[str, Path, tuple[Path, ...]]]:
+    """(name, target file, input file per view) of every pair in ``groups``, in order; names are the file's path
+    without the extension, prefixed with its folder's path below ``root`` when that is not ``root`` itself.
 
     Raises:
-        DataError: names found on one side only (listed), or an input of the wrong size.
+        DataError: names found on one side only (listed, with both folders).
     """
-    inputs = {p.stem: p for p in scan_images(root / "input")}
-    targets = {p.stem: p for p in scan_images(root / "target")}
-    only_in, only_tg = sorted(set(inputs) - set(targets)), sorted(set(targets) - set(inputs))
-    if only_in or only_tg:
-        raise DataError(f"{root}: input/ and target/ must hold the same file names; only in input/: "
-                        f"{', '.join(only_in) or '-'}; only in target/: {', '.join(only_tg) or '-'}")
-    if not inputs:
-        raise DataError(f"{root}: no image pairs in input/ and target/")
     out = []
-    for name in sorted(inputs):
-        loaded = _load_uint8([targets[name], inputs[name]], channels)
-        if len(loaded) != 2:
-            raise DataError(f"{root}: cannot read the pair {name}")
-        (_, tg), (_, lq) = loaded
-        want = (tg.shape[-2] // scale, tg.shape[-1] // scale)
-        if scale * want[0] != tg.shape[-2] or scale * want[1] != tg.shape[-1] or tuple(lq.shape[-2:]) != want:
-            raise DataError(f"{root}: input {name} is {tuple(lq.shape[-2:])} but its target "
-                            f"{tuple(tg.shape[-2:])} needs {want}")
-        out.append((name, tg, lq))
+    for g in groups:
+        targets = _keyed(g.target)
+        inputs = [_keyed(folder) for folder in g.inputs]
+        for folder, found in zip(g.inputs, inputs):
+            only_in, only_t = sorted(set(found) - set(targets)), sorted(set(targets) - set(found))
+            if only_in or only_t:
+                raise DataError(f"{folder} and {g.target} must hold the same file names (pairs match by name "
+                                f"without the extension): only in {folder.name}/: {_listed(only_in)}; only in "
+                                f"{g.target.name}/: {_listed(only_t)}")
+        prefix = g.target.parent.relative_to(root) if root is not None and g.target.parent != root else None
+        for key in sorted(targets):
+            name = f"{prefix.as_posix()}/{key}" if prefix is not None else key
+            out.append((name, targets[key], tuple(found[key] for found in inputs)))
     return out
 
 
-def load_benchmark(root: Path, channels: int, *, scale: int = 1,
-                   input_dirs: Sequence[str] = ()) -> list[tuple[str, Tensor, Tensor | None]]:
-    """(name, clean uint8, given input uint8 or None) of a Set5-style folder.
+def read_pairs(matched: Sequence[tuple[str, Path, tuple[Path, ...]]], channels: int = 3, *,
+               scale: int = 1) -> list[tuple[str, Tensor, Tensor]]:
+    """(name, target uint8 (C, H, W), input uint8 (C x views, H / scale, W / scale)) of :func:`match_pairs` entries.
+
+    Raises:
+        DataError: an unreadable file, or an input that is not ``1 / scale`` of its target's size.
+    """
+    out = []
+    for name, target, inputs in matched:
+        loaded = _load_uint8([target, *inputs], channels)
+        if len(loaded) != 1 + len(inputs):
+            raise DataError(f"cannot read the pair {name} ({target} and {', '.join(map(str, inputs))})")
+        clean, views = loaded[0][1], [x for _, x in loaded[1:]]
+        H, W = clean.shape[-2:]
+        want = (H // scale, W // scale)
+        for path, v in zip(inputs, views):
+            if tuple(v.shape[-2:]) != want or (H % scale, W % scale) != (0, 0):
+                which = "differs from its target's" if scale == 1 else f"is not 1 / {scale} of its target's"
+                raise DataError(f"{path}: input size {tuple(v.shape[-2:])} {which} {(H, W)}")
+        out.append((name, clean, torch.cat(views)))                     # input (C x views, h, w): views stacked
+    return out
+
+
+def load_pairs(groups: Sequence[PairGroup], channels: int = 3, *, scale: int = 1,
+               root: Path | None = None) -> list[tuple[str, Tensor, Tensor]]:
+    """(name, target uint8, input uint8) of every pair in ``groups``: :func:`match_pairs`, then :func:`read_pairs`."""
+    return read_pairs(match_pairs(groups, root=root), channels, scale=scale)
+
+
+def _hold_out(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    # (kept, held out): a share ``fraction`` (at least one of two or more items) drawn with ``seed``, order kept
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    k = max(1, round(fraction * len(items))) if len(items) > 1 else 0
+    held = set(order[:k])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def load_benchmark(root: Path, channels: int, *, scale: int = 1, input_dirs: Sequence[str] = (),
+                   views: int = 1) -> list[tuple[str, Tensor, Tensor | None]]:
+    """(name, clean uint8, given input uint8 or None) of an evaluation folder: paired folders (every input given),
+    else a Set5-style folder.
 
     Args:
-        root: the benchmark folder (``HR/`` or the images directly).
+        root: the folder: paired folders at any depth (:func:`find_pair_groups`), or ``HR/`` (or the images
+            directly) with optionally the given inputs in one of ``input_dirs``.
         channels: convert images to this many channels.
         scale: clean / input size ratio; clean images are cropped to a multiple of it, and a given input must be
-            exactly ``1 / scale`` of its clean image (otherwise it is generated, with a warning).
+            exactly ``1 / scale`` of its clean image (a Set5-style input that is not is generated, with a warning;
+            a paired one is an error).
         input_dirs: sub-folders that may hold the given inputs (the degradation's ``given_inputs``).
-
-    A paired folder (``input/`` + ``target/``, :func:`load_pairs`) gives every input.
+        views: input views per pair (2: dual-pixel left and right).
     """
-    if is_paired(root):
-        return [(name, _mod_crop(tg, scale), lq) for name, tg, lq in load_pairs(root, channels, scale=scale)]
+    groups = find_pair_groups(root, views)
+    if groups:
+        return list(load_pairs(groups, channels, scale=scale, root=root))
     hr_dir = root / "HR" if (root / "HR").is_dir() else root
     lr_dir = _find_input_folder(root, input_dirs)
     hr_files = [p for p in scan_images(hr_dir) if lr_dir is None or lr_dir not in p.parents]
@@ -272,45 +377,54 @@ class RestorationData:
 
 
 def load_restoration_data(source: str, *, scale: int, channels: int, patch: int, input_dirs: Sequence[str] = (),
-                          val_data: str | None = None, val_fraction: float = 0.1, split_seed: int = 0,
-                          train_limit: int | None = None, val_limit: int | None = None) -> RestorationData:
+                          views: int = 1, val_data: str | None = None, val_fraction: float = 0.1,
+                          split_seed: int = 0, train_limit: int | None = None, val_limit: int | None = None,
+                          eval_only: bool = False) -> RestorationData:
     """Training images and evaluation items of a built-in name or a folder (see the module docstring).
 
     Args:
-        source: "photos" or a folder.
+        source: "photos" or a folder (of clean images, or of paired folders).
         scale: clean / input size ratio (evaluation images are cropped to a multiple of it).
         channels: convert images to this many channels.
         patch: the clean training crop side (smaller training images are skipped).
         input_dirs: benchmark sub-folders of given degraded inputs (the degradation's ``given_inputs``).
-        val_data: a benchmark folder for evaluation instead of the held-out images.
+        views: input views per pair of paired folders (2: dual-pixel left and right).
+        val_data: a benchmark or paired folder for evaluation instead of the held-out images.
         val_fraction, split_seed: the held-out share of a folder without ``val/``, and its seed.
         train_limit, val_limit: keep only the first N training images / evaluation items.
+        eval_only: the evaluation items only (what a saved run was validated on): no training image is read.
+
+    Training items of paired folders are the input view(s) and the target stacked on channels,
+    (C x views + C, H, W), so that one crop cuts both at the same place.
     """
     record: dict[str, Any] = {"source": source, "val_data": val_data, "val_fraction": val_fraction,
                               "split_seed": split_seed}
     path = Path(source)
-    train_root = path / "train" if is_paired(path / "train") else path
-    if is_paired(train_root):
+    # evaluation items of a run validated on --val-data: the training folder is not read at all
+    groups = [] if eval_only and val_data is not None else find_pair_groups(path, views)
+    train: list[tuple[str, Tensor]] = []
+    val: list[tuple[str, Tensor, Tensor | None]] = []
+    record["paired"] = bool(groups)
+    if eval_only and val_data is not None:
+        pass                                                            # val_data is read below
+    elif groups:
         if scale != 1:
             raise DataError(f"{source}: paired training folders need a task that keeps the image size (scale "
                             f"{scale})")
-        pairs = load_pairs(train_root, channels)
-        val_dirs = [path / n for n in ("val", "validation", "test") if (path / n).is_dir()]
-        if train_root != path and val_dirs:
-            val = load_benchmark(val_dirs[0], channels, scale=scale, input_dirs=input_dirs)
+        pairs = match_pairs([g for g in groups if g.split != "val"], root=path)
+        val_groups = [g for g in groups if g.split == "val"]
+        clean_val = [path / n for n in VAL_DIRS if (path / n).is_dir()]
+        if val_groups and val_data is None:
+            val = load_pairs(val_groups, channels, root=path)
+        elif clean_val and val_data is None and any(g.split == "train" for g in groups):
+            val = load_benchmark(clean_val[0], channels, scale=scale, input_dirs=input_dirs, views=views)  # clean
         elif val_data is None:
-            order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(split_seed)).tolist()
-            k = max(1, round(val_fraction * len(pairs))) if len(pairs) > 1 else 0
-            held = set(order[:k])
-            val = [p for i, p in enumerate(pairs) if i in held]
-            pairs = [p for i, p in enumerate(pairs) if i not in held]
-        else:
-            val = []
-        # input and target stacked on channels: (2C, H, W), cropped together
-        train = [(n, torch.cat([lq, tg])) for n, tg, lq in pairs]
-        record["paired"] = True
+            pairs, held = _hold_out(pairs, val_fraction, split_seed)
+            val = read_pairs(held, channels)
+        if not eval_only:
+            train = [(n, torch.cat([x, c])) for n, c, x in read_pairs(pairs, channels)]   # (C x views + C, H, W)
     elif source == "photos" and not path.exists():
-        train = builtin_photos(TRAIN_PHOTOS, channels)
+        train = [] if eval_only else builtin_photos(TRAIN_PHOTOS, channels)
         val = builtin_eval_items(scale, channels)
         record.update(builtin=True, train=list(TRAIN_PHOTOS), val=list(EVAL_PHOTOS))
     else:
@@ -318,31 +432,29 @@ def load_restoration_data(source: str, *, scale: int, channels: int, patch: int,
             raise DataError(f"data folder not found: {source} (built-in data: photos)")
         train_dir = path / "train" if (path / "train").is_dir() else path
         files = scan_images(train_dir)
-        val = []
-        val_dirs = [path / n for n in ("val", "validation", "test") if (path / n).is_dir()]
+        val_dirs = [path / n for n in VAL_DIRS if (path / n).is_dir()]
         if train_dir != path and val_dirs:
             files = [p for p in files if not any(v in p.parents for v in val_dirs)]
-            val = load_benchmark(val_dirs[0], channels, scale=scale, input_dirs=input_dirs)
+            if val_data is None:
+                val = load_benchmark(val_dirs[0], channels, scale=scale, input_dirs=input_dirs, views=views)
         elif val_data is None:
-            order = torch.randperm(len(files), generator=torch.Generator().manual_seed(split_seed)).tolist()
-            k = max(1, round(val_fraction * len(files))) if len(files) > 1 else 0
-            held = sorted(order[:k])
-            val = [(n, _mod_crop(x, scale), None) for n, x in _load_uint8([files[i] for i in held], channels)]
-            files = [f for i, f in enumerate(files) if i not in set(held)]
-        train = _load_uint8(files, channels)
+            files, held = _hold_out(files, val_fraction, split_seed)
+            val = [(n, _mod_crop(x, scale), None) for n, x in _load_uint8(held, channels)]
+        train = [] if eval_only else _load_uint8(files, channels)
     if val_data is not None:
-        val = load_benchmark(Path(val_data), channels, scale=scale, input_dirs=input_dirs)
+        val = load_benchmark(Path(val_data), channels, scale=scale, input_dirs=input_dirs, views=views)
     small = [n for n, x in train if min(x.shape[-2:]) < patch]
+    what = "pair" if groups else "image"
     if small:
-        log.warning("skipping %d training image(s) smaller than the %d px HR patch: %s", len(small), patch,
+        log.warning("skipping %d training %s(s) smaller than the %d px patch: %s", len(small), what, patch,
                     ", ".join(small[:5]))
         train = [(n, x) for n, x in train if min(x.shape[-2:]) >= patch]
     if train_limit is not None:
         train = train[:train_limit]
     if val_limit is not None:
         val = val[:val_limit]
-    if not train:
-        raise DataError(f"{source}: no training image of at least {patch}x{patch} pixels")
+    if not train and not eval_only:
+        raise DataError(f"{source}: no training {what} of at least {patch}x{patch} pixels")
     if not val:
-        raise DataError(f"{source}: no evaluation images (add a val/ folder or pass --val-data)")
+        raise DataError(f"{source}: no evaluation images (add a val/ or test/ folder or pass --val-data)")
     return RestorationData(train=train, val=val, source=record)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .metrics import imresize, psnr, quantize, ssim
 
-__all__ = ["BicubicDownscale", "Degradation", "GaussianNoise"]
+__all__ = ["BicubicDownscale", "Degradation", "GaussianNoise", "SRDegradation"]
 
 #: evaluation image ``i`` is degraded with the generator seeded ``EVAL_SEED + i`` (identical on every run)
 EVAL_SEED = 1000
@@ -45,6 +45,8 @@ class Degradation(ABC):
             --degrade`` inputs are cropped to it).
         single_channel_input: degraded input files hold one channel whatever the model's (a Bayer mosaic), so a
             one-channel file is not a grey image to restore as grey.
+        views: images of the scene stacked on channels in the model input (2: a dual-pixel sensor's left and right
+            views, each its own file); the clean image and the output have the channels of one.
 
     Instance attributes:
         scale: output / input size ratio of the model that undoes it (``upscale`` of the model config).
@@ -60,6 +62,7 @@ class Degradation(ABC):
     input_suffix: ClassVar[str] = "_degraded"
     size_multiple: ClassVar[int] = 1
     single_channel_input: ClassVar[bool] = False
+    views: int = 1
     scale: int = 1
     border: int = 0
     given_inputs: tuple[str, ...] = ()
@@ -122,29 +125,20 @@ class Degradation(ABC):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
 
-class BicubicDownscale(Degradation):
-    """Super-resolution: MATLAB's antialiased bicubic downscaling by ``scale``, rounded to 8 bits (how Set5, Set14,
-    Urban100... make their LR images). Baseline: bicubic upscaling; metrics on Y with ``scale`` border pixels
-    cropped (the SR papers' protocol).
+class SRDegradation(Degradation):
+    """A super-resolution degradation: the model input is ``1 / scale`` of the clean image. Baseline: MATLAB bicubic
+    upscaling; metrics on Y with ``scale`` border pixels cropped (the SR papers' protocol); outputs named
+    ``<stem>_x<scale>``. Subclasses validate ``scale`` and make the input.
 
     Args:
-        scale: the integer factor, at least 2.
+        scale: the integer factor.
     """
 
-    name = "bicubic"
     baseline_name = "bicubic"
     metric_space = "y"
-    input_suffix = "_lr"
 
-    def __init__(self, scale: int = 4):
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
-            raise ValueError(f"super-resolution needs an integer scale of at least 2, got {scale!r}")
+    def __init__(self, scale: int):
         self.scale = self.border = scale
-        s = scale
-        self.given_inputs = (f"LR_bicubic/X{s}", f"LR_bicubic/x{s}", f"LR/X{s}", f"LR/x{s}", f"LRbicx{s}", "LR")
-
-    def __call__(self, clean: Tensor, rng: torch.Generator) -> Tensor:
-        return quantize(imresize(clean, 1 / self.scale))
 
     def baseline(self, degraded: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         size = size or (degraded.shape[-2] * self.scale, degraded.shape[-1] * self.scale)
@@ -156,6 +150,28 @@ class BicubicDownscale(Degradation):
     @property
     def output_suffix(self) -> str:
         return f"_x{self.scale}"
+
+
+class BicubicDownscale(SRDegradation):
+    """Super-resolution: MATLAB's antialiased bicubic downscaling by ``scale``, rounded to 8 bits (how Set5, Set14,
+    Urban100... make their LR images); the rest as :class:`SRDegradation`.
+
+    Args:
+        scale: the integer factor, at least 2.
+    """
+
+    name = "bicubic"
+    input_suffix = "_lr"
+
+    def __init__(self, scale: int = 4):
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
+            raise ValueError(f"super-resolution needs an integer scale of at least 2, got {scale!r}")
+        super().__init__(scale)
+        s = scale
+        self.given_inputs = (f"LR_bicubic/X{s}", f"LR_bicubic/x{s}", f"LR/X{s}", f"LR/x{s}", f"LRbicx{s}", "LR")
+
+    def __call__(self, clean: Tensor, rng: torch.Generator) -> Tensor:
+        return quantize(imresize(clean, 1 / self.scale))
 
     def describe(self) -> str:
         return f"bicubic downscaling x{self.scale}"

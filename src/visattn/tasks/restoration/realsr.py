@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import math
 import random
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .blur import blur
-from .degradations import Degradation
+from .degradations import SRDegradation
 from .metrics import imresize, quantize
 from .task import RestorationTask
 
@@ -77,23 +76,21 @@ def jpeg(x: Tensor, quality: int) -> Tensor:
     return torch.stack(out).to(x.device, x.dtype)
 
 
-class SecondOrderDegradation(Degradation):
-    """Real-world SR x``scale``: the randomised second-order pipeline above. Baseline: bicubic upscaling; metrics on
-    Y with ``scale`` border pixels cropped (as bicubic SR, so the two tasks compare).
+class SecondOrderDegradation(SRDegradation):
+    """Real-world SR x``scale``: the randomised second-order pipeline above. Baseline, metrics and output names as
+    bicubic SR (:class:`~.degradations.SRDegradation`), so the two tasks compare.
 
     Args:
         scale: the integer factor (2 or 4).
     """
 
     name = "second_order"
-    baseline_name = "bicubic"
-    metric_space = "y"
     input_suffix = "_lq"
 
     def __init__(self, scale: int = 4):
         if isinstance(scale, bool) or scale not in (2, 4):
             raise ValueError(f"real-world super-resolution needs scale 2 or 4, got {scale!r}")
-        self.scale = self.border = scale
+        super().__init__(scale)
         self.given_inputs = (f"LR/X{scale}", f"LR/x{scale}", "LR", "LQ")
 
     # --- the steps -------------------------------------------------------------------------------------------------
@@ -197,17 +194,6 @@ class SecondOrderDegradation(Degradation):
             elif r.random() < 0.5:                      # op 7
                 x = self._poisson(x, rng, r)
         return jpeg(x, r.randint(20, 95))
-
-    def baseline(self, degraded: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        size = size or (degraded.shape[-2] * self.scale, degraded.shape[-1] * self.scale)
-        return quantize(imresize(degraded, size=size))
-
-    def params(self) -> dict[str, Any]:
-        return {"scale": self.scale}
-
-    @property
-    def output_suffix(self) -> str:
-        return f"_x{self.scale}"
 
     def describe(self) -> str:
         return f"second-order real-world degradation x{self.scale} (blur, resize, noise, JPEG)"

@@ -1,7 +1,8 @@
 """The restoration task: one :class:`RestorationTask` that holds a :class:`Degradation`, and its registered forms.
 
 Training degrades random clean crops on the fly (one of 8 flips / rotations per sample, then the degradation with a
-seed per sample drawn for the whole global batch, so any number of processes sees the same inputs); the loss is L1.
+seed per sample drawn for the whole global batch, so any number of processes sees the same inputs), or crops real
+pairs of paired folders (``data.py``); the loss is L1.
 Evaluation restores whole images through :func:`tiled_forward` and reports PSNR / SSIM of the 8-bit output next to
 the degradation's classical baseline, in the degradation's colour space with its border crop. Nothing here depends on
 which degradation it is: ``sr`` and ``denoise`` are the same class with a different ``Options.degradation()``.
@@ -64,7 +65,8 @@ class RestorationTask(Task):
         data: from :func:`load_restoration_data` (no training images: an evaluation-only task).
         degradation: what makes the model input, the baseline and the metric protocol.
         patch: clean training crop side (a multiple of the degradation's scale).
-        channels: image channels (the model's ``in_chans``).
+        channels: image channels (the model's ``in_chans``; a model fed several views, e.g. dual-pixel left and right,
+            takes ``channels x degradation.views``).
         seed: seed of the crop positions.
         eval_tile: input tile side of the evaluation's tiled inference (0: whole images).
         options: the task's options (stored in ``model.json``).
@@ -108,7 +110,8 @@ class RestorationTask(Task):
         """``run.img_size`` is the clean training patch (default max(64, 32 x scale))."""
         degradation = cls.make_degradation(options)
         scale = degradation.scale
-        channels = int(run.model_overrides.get("in_chans", 3))
+        # image channels: a model fed several views (dual-pixel) takes RGB images stacked on channels
+        channels = int(run.model_overrides.get("in_chans", 3)) if degradation.views == 1 else 3
         degradation.check_channels(channels)
         patch = run.img_size or max(64, 32 * scale)
         multiple = math.lcm(scale, degradation.size_multiple)
@@ -116,7 +119,8 @@ class RestorationTask(Task):
             raise DataError(f"--img-size {patch} (the clean training patch) must be a multiple of {multiple} "
                             f"({degradation.describe()})")
         data = load_restoration_data(run.data, scale=scale, channels=channels, patch=patch,
-                                     input_dirs=degradation.given_inputs, val_data=options.val_data,
+                                     input_dirs=degradation.given_inputs, views=degradation.views,
+                                     val_data=options.val_data,
                                      val_fraction=run.val_fraction, train_limit=run.train_limit,
                                      val_limit=run.val_limit)
         return cls(data, degradation, patch=patch, channels=channels, seed=run.seed, options=options)
@@ -142,8 +146,8 @@ class RestorationTask(Task):
     @classmethod
     def for_evaluation(cls, meta: dict[str, Any], options: Any, source: str | None = None, *,
                        limit: int | None = None, split: str = "val") -> RestorationTask:
-        """The recorded evaluation images of the run, or ``source``: a folder of clean images, a benchmark folder
-        (with given inputs), or the built-in "photos"."""
+        """The recorded evaluation images of the run, or ``source``: paired folders, a folder of clean images, a
+        benchmark folder (with given inputs), or the built-in "photos"."""
         if split != "val":
             raise ValueError("restoration checkpoints are evaluated on their evaluation images only (--split val)")
         config = meta.get("config") or {}
@@ -151,26 +155,28 @@ class RestorationTask(Task):
         degradation = cls.make_degradation(cls.resolve_options(meta, options, upscale))
         if upscale is not None:
             cls.check_scale(upscale, degradation)
-        scale = degradation.scale
-        channels = int(config.get("in_chans") or meta.get("in_chans") or 3)
+        scale, views = degradation.scale, degradation.views
+        # image channels: the model's output (a dual-pixel model maps two RGB views, 6 channels, to RGB)
+        channels = int(config.get("out_chans") or config.get("in_chans") or meta.get("in_chans") or 3)
         saved = meta.get("data") or {}
         if source:
             if Path(source).is_dir():
-                items = load_benchmark(Path(source), channels, scale=scale, input_dirs=degradation.given_inputs)
+                items = load_benchmark(Path(source), channels, scale=scale, input_dirs=degradation.given_inputs,
+                                       views=views)
             elif source == "photos":
                 items = builtin_eval_items(scale, channels)
             else:
-                raise DataError(f"--data {source}: not a folder of images (or the built-in 'photos')")
+                raise DataError(f"--data {source}: not a folder of images or pairs (or the built-in 'photos')")
             label = source
         elif saved.get("source"):
             data = load_restoration_data(saved["source"], scale=scale, channels=channels,
                                          patch=int(meta.get("patch_size") or 8 * scale),
-                                         input_dirs=degradation.given_inputs, val_data=saved.get("val_data"),
-                                         val_fraction=saved.get("val_fraction", 0.1),
-                                         split_seed=saved.get("split_seed", 0))
+                                         input_dirs=degradation.given_inputs, views=views,
+                                         val_data=saved.get("val_data"), val_fraction=saved.get("val_fraction", 0.1),
+                                         split_seed=saved.get("split_seed", 0), eval_only=True)
             items, label = data.val, saved.get("val_data") or saved["source"]
         else:
-            raise DataError("the checkpoint does not record its data; pass --data (a folder of images)")
+            raise DataError("the checkpoint does not record its data; pass --data (a folder of images or pairs)")
         if limit is not None:
             items = items[:limit]
         if not items:
@@ -180,7 +186,7 @@ class RestorationTask(Task):
 
     # --- training hooks -----------------------------------------------------------------------------------------
     def model_overrides(self) -> dict[str, Any]:
-        return {**self.degradation.model_overrides(), "in_chans": self.channels}
+        return {"in_chans": self.channels, **self.degradation.model_overrides()}   # dual-pixel: in_chans 6
 
     def model_meta(self) -> dict[str, Any]:
         return {"scale": self.scale, "degradation": self.degradation.meta(), "patch_size": self.patch,
@@ -197,18 +203,31 @@ class RestorationTask(Task):
                 offset: int) -> tuple[Tensor, Tensor]:
         """(input, target) of this process's slice of a global batch of uint8 clean patches: a random flip /
         rotation, then the degradation with its own seed per sample (both drawn for the whole global batch).
-        Paired patches (given input and target stacked on channels) take the given input through the degradation's
-        ``input_from_file`` and then the same flip / rotation as their target."""
+        Paired patches (given input view(s) and target stacked on channels) take the given input through the
+        degradation's ``input_from_file`` and then the same flip / rotation as their target; several views
+        (dual-pixel) only get the flips that keep their horizontal disparity: vertical, and horizontal with the
+        views swapped (the left view of a mirrored scene is the mirrored right view)."""
         n = images.shape[0]
         k = torch.randint(0, 8, (global_batch,), generator=generator)[offset:offset + n]
         seeds = torch.randint(0, 2 ** 62, (global_batch,), generator=generator)[offset:offset + n]
         images = images.float() / 255
-        if images.shape[1] == 2 * self.channels:                          # (B, 2C, p, p): given input, target
-            given, clean = images[:, :self.channels], images[:, self.channels:]
+        n_in = images.shape[1] - self.channels
+        if n_in > 0:                                        # (B, C x views + C, p, p): given input view(s), target
+            given, clean = images[:, :n_in], images[:, n_in:]
             inputs = torch.cat([self.degradation.input_from_file(g[None]) for g in given])
-            inputs = torch.stack([_dihedral(im, int(t)) for im, t in zip(inputs, k)])
-            clean = torch.stack([_dihedral(im, int(t)) for im, t in zip(clean, k)])
-            return inputs, clean
+            if n_in == self.channels:
+                inputs = torch.stack([_dihedral(im, int(t)) for im, t in zip(inputs, k)])
+                clean = torch.stack([_dihedral(im, int(t)) for im, t in zip(clean, k)])
+                return inputs, clean
+            out_in, out_clean = [], []
+            for x, y, t in zip(inputs, clean, k.tolist()):
+                if t & 1:                                   # vertical flip
+                    x, y = x.flip(-2), y.flip(-2)
+                if t & 2:                                   # horizontal flip, the views in reverse order
+                    x, y = torch.cat(x.split(self.channels)[::-1]).flip(-1), y.flip(-1)
+                out_in.append(x)
+                out_clean.append(y)
+            return torch.stack(out_in), torch.stack(out_clean)
         clean = torch.stack([_dihedral(im, int(t)) for im, t in zip(images, k)])
         inputs = torch.cat([self.degradation(c[None], torch.Generator().manual_seed(int(s)))
                             for c, s in zip(clean, seeds)])
@@ -225,9 +244,14 @@ class RestorationTask(Task):
         return F.l1_loss(out.float(), target)
 
     def check_model(self, model: nn.Module) -> None:
-        upscale = getattr(getattr(model, "config", None), "upscale", None)
+        config = getattr(model, "config", None)
+        upscale = getattr(config, "upscale", None)
         if upscale is not None:
             self.check_scale(upscale, self.degradation)
+        want = self.channels * self.degradation.views
+        in_chans = getattr(config, "in_chans", want)
+        if in_chans != want:
+            raise ValueError(f"{self.degradation.describe()} feeds {want} channels; the model takes {in_chans}")
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, ctx: EvalContext | None = None) -> dict[str, Any]:

@@ -5,7 +5,6 @@ image model classifies every frame and the logits are averaged."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from torch import Tensor, nn
 
 from ...distributed import DistInfo, all_reduce_sum
 from ..base import EvalContext, PredictRequest, RunSettings, Task
-from ..classification.task import topk_correct
+from ..topk import class_names, finish_predictions, format_top, top_classes, topk_correct
 from . import VideoOptions
 from .data import (
     ClipSettings,
@@ -333,11 +332,9 @@ class VideoTask(Task):
         times."""
         if not request.inputs:
             raise ValueError("no VIDEO given")
-        if request.topk < 1:
-            raise ValueError(f"--topk must be at least 1, got {request.topk}")
         clip = _clip_settings(meta, options, False, None)
         mean, std = tuple(meta.get("mean") or KINETICS_MEAN), tuple(meta.get("std") or KINETICS_STD)
-        classes = meta.get("classes") or [str(i) for i in range(model.config.num_classes)]
+        classes = class_names(meta, model.config.num_classes)
         model.eval()
         results, skipped = [], 0
         for path in request.inputs:
@@ -359,22 +356,14 @@ class VideoTask(Task):
             with torch.no_grad():
                 logits = cls.run_model(model, _normalize(views, mean, std).to(request.device)).float().cpu()
             probs = logits.softmax(-1).mean(0)
-            top = probs.topk(min(request.topk, len(probs)))
+            preds = top_classes(probs, classes, request.topk)
             ends = [min(s + (clip.frames - 1) * clip.stride, info.num_frames - 1) for s in starts]
             times = [[round(s / info.fps, 3), round(e / info.fps, 3)] for s, e in zip(starts, ends)]
-            preds = [{"class": classes[i], "index": int(i), "prob": float(p)} for p, i in zip(top.values, top.indices)]
             results.append({"video": path, "top": preds, "clips_s": times, "views": f"{clip.clips}x{clip.crops}"})
             if not request.json:
                 spans = ", ".join(f"{a:.2f}-{b:.2f}" for a, b in times)
-                print(f"{path}: " + ", ".join(f"{p['class']} ({p['prob']:.3f})" for p in preds)
-                      + f"  [{clip.clips}x{clip.crops} views; clips at {spans} s]")
-        if request.json:
-            print(json.dumps(results, indent=2))
-        if skipped:
-            log.warning("skipped %d of %d video(s)", skipped, len(request.inputs))
-        if not results:
-            raise ValueError("no readable video among the inputs")
-        return 0
+                print(f"{path}: {format_top(preds)}  [{clip.clips}x{clip.crops} views; clips at {spans} s]")
+        return finish_predictions(results, skipped, request, "video")
 
 
 class FrameAverageTask(VideoTask):
