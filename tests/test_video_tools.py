@@ -48,6 +48,18 @@ def test_bench_measures_video_models_per_clip(capsys: pytest.CaptureFixture, tmp
 
 # --- attention maps over space-time tokens --------------------------------------------------------------------------
 
+def _pool_per_head(t: torch.Tensor, pool: torch.nn.Module, norm: torch.nn.Module, size: tuple
+                   ) -> tuple[torch.Tensor, tuple]:
+    """Pool (B, heads, 1 + N, c) tokens as the reference code does: each head's map a batch item, the class token
+    joined before the norm."""
+    B, nh, _, c = t.shape
+    cls, m = t[:, :, :1], t[:, :, 1:]
+    m = pool(m.reshape(B * nh, *size, c).movedim(-1, 1))              # (B*heads, c, *size')
+    pooled = tuple(m.shape[2:])
+    m = m.flatten(2).transpose(1, 2).reshape(B, nh, -1, c)             # (B, heads, N', c)
+    return norm(torch.cat((cls, m), dim=2)), pooled
+
+
 def _reference_rows(model: torch.nn.Module, x: torch.Tensor, name: str) -> tuple[torch.Tensor, tuple, tuple]:
     """The attention probabilities of module ``name`` recomputed from its own layers: (B, heads, Nq, Nk) with the
     class token first, the query grid and the key grid."""
@@ -61,8 +73,8 @@ def _reference_rows(model: torch.nn.Module, x: torch.Tensor, name: str) -> tuple
         tokens, size = seen["x"], seen["size"]
         B, N, _ = tokens.shape
         qkv = attn.qkv(tokens).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, q_size = attn._pool(qkv[0], attn.pool_q, attn.norm_q, size, 1)
-        k, k_size = attn._pool(qkv[1], attn.pool_k, attn.norm_k, size, 1)
+        q, q_size = _pool_per_head(qkv[0], attn.pool_q, attn.norm_q, size)
+        k, k_size = _pool_per_head(qkv[1], attn.pool_k, attn.norm_k, size)
         logits = (q * attn.head_dim ** -0.5) @ k.transpose(-2, -1) + attn._rel_pos_bias(q, q_size, k_size, 1)
     return logits.softmax(-1), q_size, k_size
 
