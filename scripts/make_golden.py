@@ -539,7 +539,35 @@ def grl_cases() -> None:
                                                        "params": n_params})
 
 
-CASES: dict[str, Callable[[], None]] = {"maxvit": maxvit_cases, "davit": davit_cases, "mvit": mvit_cases}
+def video_transform_cases() -> None:
+    """torchvision's ``VideoClassification`` preset (the evaluation transform of its Kinetics MViT weights) on small
+    seeded uint8 clips: a downscale of a wide and of a tall frame (antialiasing and the long side's truncation
+    matter) and an upscale. The preset at a small size (resize 36, crop 32) keeps the file small; the arithmetic is
+    that of resize 256 / crop 224."""
+    import torchvision
+    from safetensors.torch import save_file
+    from torchvision.transforms._presets import VideoClassification
+
+    resize, crop = 36, 32
+    mean, std = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)        # torchvision models/video/mvit.py
+    transform = VideoClassification(crop_size=(crop, crop), resize_size=(resize,), mean=mean, std=std)
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for case, (h, w) in {"down_wide": (90, 119), "down_tall": (119, 90), "up": (21, 30)}.items():
+        video = torch.randint(0, 256, (2, 3, h, w), generator=g, dtype=torch.uint8)   # (T, C, H, W)
+        tensors[f"{case}.input"] = video
+        tensors[f"{case}.output"] = transform(video).contiguous()                # (C, T, crop, crop)
+    meta = {"reference": f"torchvision.transforms._presets.VideoClassification(crop_size=({crop}, {crop}), "
+                         f"resize_size=({resize},), mean={mean}, std={std})",
+            "resize": resize, "crop": crop, "mean": mean, "std": std, "torchvision": torchvision.__version__,
+            "torch": torch.__version__}
+    path = OUT / "video_tv_transform.safetensors"
+    save_file(tensors, str(path), metadata={"meta": json.dumps(meta)})
+    print(f"{path.name}: {path.stat().st_size / 1e3:.0f} kB")
+
+
+CASES: dict[str, Callable[[], None]] = {"maxvit": maxvit_cases, "davit": davit_cases, "mvit": mvit_cases,
+                                        "video_transform": video_transform_cases}
 CASES["catnet"] = catnet_cases
 CASES["grl"] = grl_cases
 

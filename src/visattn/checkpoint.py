@@ -565,9 +565,10 @@ def load_published_model(name: str, *, overrides: dict[str, Any] | None = None) 
 
     Returns:
         the model (eval mode, on CPU) and its metadata: ``model``, ``weights`` (the tag), the publisher's
-        evaluation preprocessing (``img_size``, ``crop_pct``, ``crop_mode``, ``interpolation``, ``mean``, ``std``)
-        and, for a classifier whose width matches the label set, ``classes`` (label names) and ``class_ids``
-        (ImageNet synsets).
+        evaluation preprocessing (``img_size``, ``crop_pct``, ``crop_mode``, ``interpolation``, ``mean``, ``std``,
+        ``transform``), for video weights also the clip (``frames``, ``stride``, ``views`` as the video task names
+        them, ``resize_size``: the short side before the crop) and, for a classifier whose width matches the label
+        set, ``classes`` (label names) and ``class_ids`` (ImageNet synsets).
     """
     from .registry import create_model, list_models
     from .weights.registry import resolve_pretrained
@@ -583,7 +584,10 @@ def load_published_model(name: str, *, overrides: dict[str, Any] | None = None) 
     pre = entry.preprocessing()
     meta = model_meta(model, weights=entry.name, img_size=pre["input_size"][-1], crop_pct=pre["crop_pct"],
                       crop_mode=pre["crop_mode"], interpolation=pre["interpolation"], mean=list(pre["mean"]),
-                      std=list(pre["std"]))
+                      std=list(pre["std"]), transform=pre["transform"])
+    if len(pre["input_size"]) == 4:                                    # (C, T, H, W): a clip
+        meta.update(frames=pre["input_size"][1], stride=pre["frame_stride"], views=pre["views"],
+                    resize_size=round(pre["input_size"][-1] / pre["crop_pct"]))
     if pre["label_names"] and getattr(model.config, "num_classes", None) == len(pre["label_names"]):
         meta["classes"] = pre["label_names"]
         if pre["label_ids"]:

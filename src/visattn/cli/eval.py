@@ -6,6 +6,8 @@ restoration, Dice for few-shot segmentation; ``eval.json`` beside the checkpoint
     visattn eval --checkpoint model.safetensors --data path/to/imagefolder --out eval/
     visattn eval --model maxvit_tiny_tf_224.in1k --data imagenet_val/   # published weights; class folders named
                                                                         # by synset (n01440764) or label name
+    visattn eval --model mvit_v2_s --data kinetics_val/     # Kinetics-400 weights; class folders named by label
+                                                            # (air_drumming/ or "air drumming/"), or a list
 """
 
 from __future__ import annotations
@@ -118,8 +120,10 @@ def task_for_saved_model(args: argparse.Namespace, model: object, meta: dict) ->
 
 
 def _task_of_model(model: object) -> str:
-    # weights without model.json (timm or official files): the model kind decides
+    # weights without model.json (timm, torchvision or official files) and published weights: the model kind decides
     kind = getattr(type(model), "task", "classification")
     if kind == "restoration":
         return "sr" if getattr(model.config, "upscale", 1) > 1 else "denoise"
+    if kind == "classification" and getattr(type(model), "input_ndim", 4) == 5:
+        return "video"
     return kind

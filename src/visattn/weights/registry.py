@@ -47,6 +47,12 @@ class WeightsEntry:
         overrides: config fields these weights need, as (field, value) pairs (partition size, classes, scale).
         input_size: (C, H, W) or (C, T, H, W) the publisher evaluates at.
         mean, std, crop_pct, crop_mode, interpolation: the publisher's evaluation preprocessing (timm's meanings).
+        transform: whose evaluation transform those fields describe: "timm" (``transforms_imagenet_eval``) or
+            "torchvision_video" (torchvision's ``VideoClassification`` preset: short side to ``crop / crop_pct``,
+            bilinear without antialiasing, centre crop; see ``tasks/video/sampling.py``).
+        frame_stride: video: frames of the file between two clip frames (16x4: 4); None for images.
+        views: video: the evaluation views "KxS" (K temporal clips x S spatial crops) the publisher's accuracy
+            averages; None for images.
         num_classes: the classifier width of the file (0: not a classifier).
         labels: "imagenet1k" / "kinetics400" (a label names file shipped with visattn) or None.
         top1: the publisher's top-1 accuracy (%), where the publisher's metadata gives it.
@@ -69,6 +75,9 @@ class WeightsEntry:
     crop_pct: float = 0.875
     crop_mode: str = "center"
     interpolation: str = "bicubic"
+    transform: str = "timm"
+    frame_stride: int | None = None
+    views: str | None = None
     num_classes: int = 1000
     labels: str | None = None
     top1: float | None = None
@@ -90,9 +99,11 @@ class WeightsEntry:
         return {**({"num_classes": self.num_classes} if self.num_classes else {}), **dict(self.overrides)}
 
     def preprocessing(self) -> dict[str, Any]:
-        """Size, crop and normalisation of the publisher's evaluation, and the label names (None if none)."""
+        """Size, crop and normalisation of the publisher's evaluation (for video also the clip stride and views),
+        and the label names (None if none)."""
         return {"input_size": self.input_size, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode,
-                "mean": self.mean, "std": self.std, "interpolation": self.interpolation,
+                "mean": self.mean, "std": self.std, "interpolation": self.interpolation, "transform": self.transform,
+                "frame_stride": self.frame_stride, "views": self.views,
                 "label_names": label_names(self.labels) if self.labels else None,
                 "label_ids": label_ids(self.labels) if self.labels else None}
 
@@ -165,9 +176,13 @@ def _mvitv2() -> list[WeightsEntry]:
 def _torchvision() -> list[WeightsEntry]:
     # torchvision 0.28 models/video/mvit.py: VideoClassification(crop_size=(224, 224), resize_size=(256,),
     # mean=(0.45,) * 3, std=(0.225,) * 3), bilinear resize; the hash prefix is the 8 hex digits in the file name.
+    # Clips: its weights' docs evaluate clip_len=16 at frame_rate=7.5 with clips_per_video=5, i.e. 16 frames 4 apart
+    # on Kinetics' 30 fps videos, 5 clips: the MViT 16x4 protocol with PySlowFast's 5x1 test views
+    # (paper_tables 3.7.2). visattn strides over the file's own frames (4), whatever its frame rate.
     common = dict(tag="tv_kinetics400", layout="torchvision", input_size=(3, 16, 224, 224), mean=(0.45, 0.45, 0.45),
-                  std=(0.225, 0.225, 0.225), crop_pct=224 / 256, interpolation="bilinear", num_classes=400,
-                  labels="kinetics400", license="bsd-3-clause")
+                  std=(0.225, 0.225, 0.225), crop_pct=224 / 256, interpolation="bilinear",
+                  transform="torchvision_video", frame_stride=4, views="5x1", num_classes=400, labels="kinetics400",
+                  license="bsd-3-clause")
     return [
         WeightsEntry(model="mvit_v1_base_16x4", url="https://download.pytorch.org/models/mvit_v1_b-dbeb1030.pth",
                      hash_prefix="dbeb1030", top1=78.477, aliases=("mvit_v1_b", "mvit_v1_b.kinetics400_v1"),

@@ -46,7 +46,8 @@ from .sampling import (
     train_clip_start,
 )
 
-__all__ = ["ClipSettings", "VideoData", "VideoDataset", "load_video_data", "read_video_list", "scan_video_folder"]
+__all__ = ["ClipSettings", "VideoData", "VideoDataset", "load_video_data", "map_class_names", "read_source_for_classes",
+           "read_video_list", "scan_video_folder"]
 
 log = logging.getLogger("visattn")
 
@@ -65,6 +66,18 @@ class ClipSettings:
     hflip: float
     clips: int = 1          # evaluation: temporal clips K
     crops: int = 1          # evaluation: spatial crops S
+    eval_short: int | None = None   # evaluation, S = 1: the scaled short side (None: jitter[0], as PySlowFast)
+    resize: str = "antialias"       # evaluation resize arithmetic, one of sampling.RESIZE_MODES
+
+    def eval_views(self, clip: Tensor) -> Tensor:
+        """The S spatial evaluation views of one clip: S = 1, the centre crop of the short side scaled to
+        ``eval_short``; S = 3, three crops along the long side of the short side scaled to the crop (PySlowFast's
+        ``uniform_crop``).
+
+        Shape: (T, 3, H, W) uint8 -> (S, 3, T, crop, crop) uint8.
+        """
+        short = (self.eval_short or self.jitter[0]) if self.crops == 1 else self.crop
+        return spatial_views(clip, self.crop, self.crops, short, resize=self.resize)
 
 
 def _mix(*values: int) -> int:
@@ -139,8 +152,7 @@ class VideoDataset(torch.utils.data.Dataset):
             return torch.zeros(0, 3, c.frames, c.crop, c.crop, dtype=torch.uint8), int(self.labels[i]), i, [], \
                 self.files[i]
         clips = video.view(c.clips, c.frames, *video.shape[1:])         # (K, T, 3, H, W)
-        short = c.jitter[0] if c.crops == 1 else c.crop                 # PySlowFast: 1 crop from the jitter minimum
-        views = torch.cat([spatial_views(clip, c.crop, c.crops, short) for clip in clips])  # (K*S, 3, T, crop, crop)
+        views = torch.cat([c.eval_views(clip) for clip in clips])       # (K*S, 3, T, crop, crop)
         return views, int(self.labels[i]), i, times, None
 
     def __getitem__(self, i: int) -> Any:
@@ -264,6 +276,67 @@ def _read_source(path: Path, classes: list[str] | None = None) -> tuple[list[str
     if path.is_file():
         return read_video_list(path, classes)
     return scan_video_folder(path, classes)
+
+
+def _name_key(name: str) -> str:
+    # Kinetics folders and CSVs often spell "air drumming" as "air_drumming": '_' and runs of spaces are one space,
+    # and case is ignored
+    return " ".join(name.replace("_", " ").split()).lower()
+
+
+def map_class_names(names: Sequence[str], classes: Sequence[str]) -> list[int]:
+    """The model's class index of each of a data source's class names (folder names, list labels): the same name,
+    else the same after '_' -> ' ' and case folding (``air_drumming`` is ``air drumming``); a spelling two classes
+    share matches only exactly.
+
+    Raises:
+        DataError: naming the names that match no class (the first ten), with the closest class names.
+    """
+    import difflib
+
+    loose: dict[str, list[int]] = {}
+    for i, name in enumerate(classes):
+        loose.setdefault(_name_key(name), []).append(i)
+    lookup = {key: idx[0] for key, idx in loose.items() if len(idx) == 1}
+    exact = {name: i for i, name in enumerate(classes)}
+    out, unknown = [], []
+    for name in names:
+        index = exact.get(name, lookup.get(_name_key(name)))
+        if index is None:
+            unknown.append(name)
+        out.append(-1 if index is None else index)
+    if unknown:
+        spaced = next((c for c in classes if " " in c), classes[-1])
+        hints = []
+        for name in unknown[:3]:
+            close = difflib.get_close_matches(_name_key(name), list(lookup), n=2, cutoff=0.6)
+            if close:
+                hints.append(f"{name!r}: did you mean {' or '.join(repr(classes[lookup[c]]) for c in close)}?")
+        raise DataError(f"{len(unknown)} class name(s) of the data match none of the model's {len(classes)} classes: "
+                        f"{', '.join(repr(n) for n in unknown[:10])}{' ...' if len(unknown) > 10 else ''}. Name each "
+                        f"class folder (or list label) by a class name, spaces or underscores alike, e.g. "
+                        f"{classes[0]!r} or {spaced.replace(' ', '_')!r}" + (f" ({'; '.join(hints)})" if hints else ""))
+    return out
+
+
+def read_source_for_classes(path: Path, classes: Sequence[str]) -> tuple[list[str], list[int], list[str], int]:
+    """Files and labels of a folder or list whose class names are mapped onto a fixed class list (published
+    weights): folder names and list labels by :func:`map_class_names`; integer list labels without a
+    ``classes.txt`` beside the list are the classes' indices themselves.
+
+    Returns:
+        files, labels (indices into ``classes``), the source's own class names, number skipped.
+    """
+    files, labels, names, skipped = _read_source(path)
+    indices = path.is_file() and not (path.parent / "classes.txt").is_file() and \
+        names == [str(k) for k in range(len(names))]                   # read_video_list's names of integer labels
+    if indices:
+        if len(names) > len(classes):
+            raise DataError(f"{path}: label {len(names) - 1} is beyond the model's {len(classes)} classes")
+        index = list(range(len(names)))
+    else:
+        index = map_class_names(names, classes)
+    return files, [index[k] for k in labels], names, skipped
 
 
 def _sibling_val_list(path: Path) -> Path | None:

@@ -9,8 +9,15 @@ on the last frame; one clip is centred).
 3-frame video read as 4 x 2 gives frames 0, 2, 2, 2.
 
 Spatial: training scales the short side to a random length in the jitter range (uniform in pixels), takes a random
-square crop and flips with probability ``hflip``. Evaluation scales the short side to the crop size and takes S
+square crop and flips with probability ``hflip``. Evaluation scales the short side to a given length and takes S
 crops: the centre (S = 1), or both ends and the centre of the long side (S = 3, PySlowFast's ``uniform_crop``).
+
+Two resize arithmetics (``RESIZE_MODES``): ``"antialias"``, visattn's own (bilinear with antialiasing, the long side
+rounded, the centre crop's offset rounded down), used for training and for models trained here; ``"torchvision"``,
+that of torchvision 0.28's ``VideoClassification`` preset, the evaluation transform published with torchvision's
+Kinetics weights: bilinear *without* antialiasing (hard-coded there, ``antialias=False``), the long side truncated
+(``int(short * long / short_in)``), the frames rounded back to uint8, then ``center_crop``'s offset
+``int(round((size - crop) / 2))`` (round half to even).
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["clip_span", "eval_clip_starts", "frame_indices", "parse_views", "random_spatial", "shuffle_clip_frames",
-           "spatial_views", "train_clip_start"]
+__all__ = ["RESIZE_MODES", "clip_span", "eval_clip_starts", "frame_indices", "parse_views", "random_spatial",
+           "shuffle_clip_frames", "spatial_views", "train_clip_start"]
+
+RESIZE_MODES = ("antialias", "torchvision")
 
 
 def parse_views(text: str) -> tuple[int, int]:
@@ -64,12 +73,21 @@ def eval_clip_starts(num_frames: int, frames: int, stride: int, clips: int) -> l
     return [round(k * room / (clips - 1)) for k in range(clips)]
 
 
-def _resize_short_side(video: Tensor, short: int) -> Tensor:
-    """(T, 3, H, W) uint8 -> float, the short side ``short`` pixels (bilinear with antialiasing)."""
+def _resize_short_side(video: Tensor, short: int, mode: str = "antialias") -> Tensor:
+    """(T, 3, H, W) uint8 -> float, the short side ``short`` pixels, in one of ``RESIZE_MODES`` (module docstring)."""
     h, w = video.shape[-2:]
+    x = video.float()
+    if mode == "torchvision":
+        # torchvision transforms.functional._compute_resized_output_size: the long side truncated
+        size = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+        if size == (h, w):                                             # F.resize returns such an input unchanged
+            return x
+        # VideoClassification.forward: F.resize(..., antialias=False); _cast_squeeze_out rounds to uint8
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False).round()
+    if mode != "antialias":
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     scale = short / min(h, w)
     size = (max(short, round(h * scale)), max(short, round(w * scale)))
-    x = video.float()
     if size == (h, w):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
@@ -101,7 +119,8 @@ def random_spatial(video: Tensor, crop: int, jitter: Sequence[int], hflip: float
     return x.round().clamp(0, 255).to(torch.uint8).permute(1, 0, 2, 3)  # (3, T, crop, crop)
 
 
-def spatial_views(video: Tensor, crop: int, crops: int, short: int | None = None) -> Tensor:
+def spatial_views(video: Tensor, crop: int, crops: int, short: int | None = None, *,
+                  resize: str = "antialias") -> Tensor:
     """The evaluation crops of one clip: short side scaled to ``short``, then 1 (centre) or 3 crops along the long
     side (start, centre, end).
 
@@ -110,18 +129,23 @@ def spatial_views(video: Tensor, crop: int, crops: int, short: int | None = None
         crop: output side.
         crops: 1 or 3.
         short: the scaled short side (>= crop; default ``crop``).
+        resize: the resize and centre-offset arithmetic, one of ``RESIZE_MODES`` (see the module docstring).
 
     Returns:
         (crops, 3, T, crop, crop) uint8.
     """
-    x = _resize_short_side(video, short or crop)
+    x = _resize_short_side(video, short or crop, resize)
     h, w = x.shape[-2:]
-    if crops == 1:
-        offsets = [((h - crop) // 2, (w - crop) // 2)]
-    elif h >= w:
-        offsets = [(0, (w - crop) // 2), ((h - crop) // 2, (w - crop) // 2), (h - crop, (w - crop) // 2)]
+    if resize == "torchvision":                                        # center_crop: int(round(...)), half to even
+        top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
     else:
-        offsets = [((h - crop) // 2, 0), ((h - crop) // 2, (w - crop) // 2), ((h - crop) // 2, w - crop)]
+        top, left = (h - crop) // 2, (w - crop) // 2
+    if crops == 1:
+        offsets = [(top, left)]
+    elif h >= w:
+        offsets = [(0, left), (top, left), (h - crop, left)]
+    else:
+        offsets = [(top, 0), (top, left), (top, w - crop)]
     views = torch.stack([x[..., t:t + crop, l:l + crop] for t, l in offsets])  # (crops, T, 3, crop, crop)
     return views.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 1, 3, 4)  # (crops, 3, T, crop, crop)
 

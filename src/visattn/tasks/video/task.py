@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...distributed import DistInfo, all_reduce_sum
-from ..base import EvalContext, PredictRequest, RunSettings, Task
+from ..base import DataError, EvalContext, PredictRequest, RunSettings, Task
 from ..topk import class_names, finish_predictions, format_top, top_classes, topk_correct
 from . import VideoOptions
 from .data import (
+    _VAL_NAMES,
     ClipSettings,
     VideoData,
     VideoDataset,
@@ -26,9 +27,10 @@ from .data import (
     collate_eval,
     collate_train,
     load_video_data,
+    read_source_for_classes,
 )
 from .io import VideoError, probe_video, read_frames
-from .sampling import eval_clip_starts, frame_indices, parse_views, shuffle_clip_frames, spatial_views
+from .sampling import eval_clip_starts, frame_indices, parse_views, shuffle_clip_frames
 
 __all__ = ["FrameAverageTask", "VideoTask", "load_clip"]
 
@@ -59,6 +61,13 @@ def _clip_settings(meta: dict[str, Any], options: VideoOptions, builtin: bool, i
         jitter = (crop, round(crop * 1.25))                            # the 40 px videos at a 32 px crop: 32-40
     hflip = options.hflip if options.hflip is not None else meta.get("hflip", hflip)
     clips, crops = parse_views(options.views or meta.get("views") or _DEFAULT_VIEWS)
+    # published weights (checkpoint.load_published_model) carry the publisher's evaluation resize: torchvision's
+    # Kinetics MViTs scale the short side to 256 (224 / crop_pct) with VideoClassification's arithmetic; another
+    # crop (`show attention --img-size`) keeps that ratio
+    eval_short = meta.get("resize_size")
+    if eval_short is not None and meta.get("img_size") and crop != meta["img_size"]:
+        eval_short = round(eval_short * crop / meta["img_size"])
+    resize = "torchvision" if meta.get("transform") == "torchvision_video" else "antialias"
     if frames < 1 or stride < 1:
         raise ValueError(f"--frames and --stride must be >= 1, got {frames} and {stride}")
     if len(jitter) != 2 or not crop <= jitter[0] <= jitter[1]:
@@ -66,7 +75,8 @@ def _clip_settings(meta: dict[str, Any], options: VideoOptions, builtin: bool, i
     if not 0 <= hflip <= 1:
         raise ValueError(f"--hflip must be a probability in [0, 1], got {hflip}")
     return ClipSettings(frames=int(frames), stride=int(stride), crop=int(crop), jitter=(int(jitter[0]), int(jitter[1])),
-                        hflip=float(hflip), clips=clips, crops=crops)
+                        hflip=float(hflip), clips=clips, crops=crops,
+                        eval_short=int(eval_short) if eval_short is not None else None, resize=resize)
 
 
 def load_clip(source: str, meta: dict[str, Any], *, frames: int, crop: int) -> tuple[Tensor, Tensor, str]:
@@ -106,7 +116,7 @@ def load_clip(source: str, meta: dict[str, Any], *, frames: int, crop: int) -> t
         picked, info, _ = read_frames(source, indices, info=info)      # (T, H, W, 3)
         what = source
     video = torch.from_numpy(picked).permute(0, 3, 1, 2)               # (T, 3, H, W)
-    views = spatial_views(video, clip.crop, 1, clip.jitter[0])         # (1, 3, T, S, S)
+    views = clip.eval_views(video)                                     # (1, 3, T, S, S)
     mean, std = (_BUILTIN_DEFAULTS if builtin else _FOLDER_DEFAULTS)[4:]
     mean, std = tuple(meta.get("mean") or mean), tuple(meta.get("std") or std)
     line = f"{what}: frames {indices[0]}-{indices[-1]} at stride {clip.stride}"
@@ -159,6 +169,8 @@ class VideoTask(Task):
         """The saved model's validation split (or training split, evaluated with the same views), or all of a
         ``source`` given here: a list or a folder of class sub-folders is evaluated whole; a folder with
         ``train/`` + ``val/`` by its ``val/``."""
+        if "weights" in meta and "data" not in meta:
+            return cls._for_published_weights(meta, options, source, limit=limit, split=split)
         saved = meta.get("data", {})
         classes = meta.get("classes")
         builtin = bool(saved.get("builtin")) and source in (None, saved.get("source"))
@@ -191,6 +203,41 @@ class VideoTask(Task):
             raise ValueError(f"the data's classes {data.classes[:5]}... differ from the model's {classes[:5]}...")
         task = cls(data, clip, options, mean=mean, std=std)
         task.eval_label = f"{source} {split} split" if split == "train" or data.train is not None else source
+        return task
+
+    @classmethod
+    def _for_published_weights(cls, meta: dict[str, Any], options: VideoOptions, source: str | None, *,
+                               limit: int | None, split: str) -> VideoTask:
+        """Evaluation of published weights (``meta`` from :func:`visattn.checkpoint.load_published_model`) on all of
+        a folder of class sub-folders (or of its ``val/`` / ``train/`` sub-folder) or a list, with the publisher's
+        clip sampling and preprocessing; class folders and list labels are mapped onto the weights' label names
+        (:func:`~visattn.tasks.video.data.map_class_names`: ``air_drumming`` is Kinetics' ``air drumming``)."""
+        what = ("a folder of class sub-folders named by the label names (abseiling/, air_drumming/ ...) or a 'path "
+                "label' list")
+        if not source:
+            raise DataError(f"evaluating the published weights {meta['weights']} needs --data: {what}")
+        if not meta.get("classes"):
+            raise DataError(f"the published weights {meta['weights']} come without label names: their classes "
+                            "cannot be matched to the data's")
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"--data {source}: no such file or folder ({what})")
+        names = ("train",) if split == "train" else _VAL_NAMES
+        if path.is_dir():
+            path = next((path / n for n in names if (path / n).is_dir()), path)
+        classes = list(meta["classes"])
+        files, labels, found, skipped = read_source_for_classes(path, classes)
+        if skipped:
+            log.warning("skipped %d missing or non-video file(s) in %s", skipped, path)
+        if limit:
+            files, labels = files[:limit], labels[:limit]
+        clip = _clip_settings(meta, options, False, None)
+        data = VideoData(train=None, val=VideoDataset(files, labels, clip, train=False), classes=classes,
+                         source={"source": source})
+        task = cls(data, clip, options, mean=tuple(meta.get("mean") or KINETICS_MEAN),
+                   std=tuple(meta.get("std") or KINETICS_STD))
+        kind = "class folder(s)" if path.is_dir() else "label(s) of the list"
+        task.eval_label = f"{path}, {len(found)} {kind} of {len(classes)} classes, {meta['weights']} preprocessing"
         return task
 
     @property
@@ -349,8 +396,7 @@ class VideoTask(Task):
                 continue
             video = torch.from_numpy(frames).permute(0, 3, 1, 2)        # (K*T, 3, H, W)
             clips = video.view(clip.clips, clip.frames, *video.shape[1:])  # (K, T, 3, H, W)
-            short = clip.jitter[0] if clip.crops == 1 else clip.crop
-            views = torch.cat([spatial_views(c, clip.crop, clip.crops, short) for c in clips])  # (K*S, 3, T, S, S)
+            views = torch.cat([clip.eval_views(c) for c in clips])      # (K*S, 3, T, S, S)
             if options.shuffle_frames:
                 views = shuffle_clip_frames(views, options.shuffle_seed, list(range(len(views))))
             with torch.no_grad():
