@@ -112,7 +112,7 @@ def main() -> None:
         ours, theirs = build(args.profile, PAIRS[args.profile])
         profile(theirs if args.profile_torchvision else ours, x, 30)
         return
-    print(f"cpu: {machine.describe()}")
+    print(machine.describe())
     print(f"{torch.get_num_threads()} threads; torch {torch.__version__}, torchvision {torchvision.__version__}")
     print(f"\nInference, fp32 eval, batch {args.batch} at {args.frames}x{args.size}x{args.size}, {args.rounds} "
           f"alternating rounds of {args.iters} (clips/s; ratio = visattn / torchvision)")
