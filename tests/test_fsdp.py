@@ -82,7 +82,7 @@ def test_fsdp_forward_backward_every_family() -> None:
     proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300,
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count(" ok") == len(_families())
+    assert proc.stdout.count(" ok") == len(list_families())
 
 
 @pytest.mark.slow  # 2-process torchrun runs: ~2 min together on 2 shared cores

@@ -76,7 +76,7 @@ def run_attention(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_model
     from ..registry import create_model
-    from ..show import attention_maps, exact_attention_modules, plot_attention, receptive_field, select
+    from ..show import attention_maps, plot_attention, receptive_field
     from ..tasks.augment import apply_crops, center_crops, normalize
     from ..tasks.classification.data import IMAGENET_MEAN, IMAGENET_STD, load_digits, read_image
     from ._common import apply_runtime, parse_overrides
@@ -108,15 +108,8 @@ def run_attention(args: argparse.Namespace) -> int:
         image = read_image(source, round(size / crop_pct))[None]
     image = apply_crops(image, center_crops(1, crop_pct), size).round().clamp(0, 255).to(torch.uint8)
     x = normalize(image.float(), meta.get("mean") or IMAGENET_MEAN, meta.get("std") or IMAGENET_STD)
-    q = _pair(args.query, "--query")
-    query = q if max(q) < 1 else (q[0] / size, q[1] / size)           # fractions, or pixels of the input
-    if not all(0 <= v < 1 for v in query):
-        raise ValueError(f"--query {args.query} lies outside the {size}x{size} image")
-    info = getattr(model, "feature_info", [])
-    if not 0 <= args.stage < max(len(info), 1):
-        raise ValueError(f"--stage {args.stage}: the model has stages 0..{len(info) - 1}")
-    prefix = info[args.stage]["module"] + "." if info else ""
-    names = select(exact_attention_modules(model), args.layers, prefix, 2)
+    query = _query_fractions(args, size, "image")
+    names = _stage_attention_modules(args, model)
     if names:
         maps = attention_maps(model, x, query, names)
         for m in maps:
@@ -149,7 +142,7 @@ def _run_video_attention(args: argparse.Namespace, model: object, meta: dict) ->
     """``show attention`` for a video model: the attention of a query point of one frame over the space-time keys."""
     import torch
 
-    from ..show import attention_maps, exact_attention_modules, key_frame_spans, plot_video_attention, select
+    from ..show import attention_maps, exact_attention_modules, key_frame_spans, plot_video_attention
     from ..tasks.video.task import load_clip
 
     if args.image:
@@ -162,15 +155,8 @@ def _run_video_attention(args: argparse.Namespace, model: object, meta: dict) ->
     frame = frames // 2 if args.frame is None else args.frame
     if not 0 <= frame < frames:
         raise ValueError(f"--frame {frame}: the clip has frames 0..{frames - 1}")
-    q = _pair(args.query, "--query")
-    yx = q if max(q) < 1 else (q[0] / crop, q[1] / crop)               # fractions, or pixels of the crop
-    if not all(0 <= v < 1 for v in yx):
-        raise ValueError(f"--query {args.query} lies outside the {crop}x{crop} frame")
-    info = getattr(model, "feature_info", [])
-    if not 0 <= args.stage < max(len(info), 1):
-        raise ValueError(f"--stage {args.stage}: the model has stages 0..{len(info) - 1}")
-    prefix = info[args.stage]["module"] + "." if info else ""
-    names = select(exact_attention_modules(model), args.layers, prefix, 2)
+    yx = _query_fractions(args, crop, "frame")
+    names = _stage_attention_modules(args, model)
     if not names:
         raise ValueError(f"no space-time attention module {'matches --layers' if args.layers else 'in that stage'}; "
                          f"modules: {', '.join(exact_attention_modules(model)[:6])} ...")
@@ -191,3 +177,23 @@ def _run_video_attention(args: argparse.Namespace, model: object, meta: dict) ->
     if path:
         print(f"wrote {path}")
     return 0
+
+
+def _query_fractions(args: argparse.Namespace, size: int, what: str) -> tuple[float, float]:
+    """``--query`` as fractions of a ``size`` x ``size`` input: given as fractions, or as pixels of the input."""
+    q = _pair(args.query, "--query")
+    query = q if max(q) < 1 else (q[0] / size, q[1] / size)
+    if not all(0 <= v < 1 for v in query):
+        raise ValueError(f"--query {args.query} lies outside the {size}x{size} {what}")
+    return query
+
+
+def _stage_attention_modules(args: argparse.Namespace, model: object) -> list[str]:
+    """The exact-attention modules of ``--stage`` (at most two, or those ``--layers`` names)."""
+    from ..show import exact_attention_modules, select
+
+    info = getattr(model, "feature_info", [])
+    if not 0 <= args.stage < max(len(info), 1):
+        raise ValueError(f"--stage {args.stage}: the model has stages 0..{len(info) - 1}")
+    prefix = info[args.stage]["module"] + "." if info else ""
+    return select(exact_attention_modules(model), args.layers, prefix, 2)
