@@ -2,8 +2,9 @@
 run (AVX2, AVX-512, VNNI, native bf16, AMX), ATen's chosen CPU capability and oneDNN's ISA cap.
 
 Every benchmark records it (``visattn bench``'s ``environment.txt``, ``benchmarks/compare_timm.py``), because a speed
-ratio measured on one instruction set need not hold on another. ``ATEN_CPU_CAPABILITY`` (e.g. ``avx2``) and
-``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``) force the narrower kernels on a wider CPU when set before torch loads them.
+ratio measured on one instruction set need not hold on another. ``ATEN_CPU_CAPABILITY`` (e.g. ``avx2``),
+``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``) and ``MKL_ENABLE_INSTRUCTIONS`` (e.g. ``AVX2``, MKL's fp32 GEMM behind
+``torch.matmul``) force the narrower kernels on a wider CPU when set before torch loads them.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def cpu_info() -> dict[str, object]:
             "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
             "aten_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default (the CPU's widest)"),
-            "native_bf16": native_bf16(flags)}
+            "native_bf16": native_bf16(flags),
+            # whether ATen sends bf16 matmuls and convolutions to oneDNN (False under an AVX2 cap: ATen's portable
+            # kernels run them, and visattn.layers.amp computes them in fp32 instead)
+            "onednn_bf16": torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
 
 
 def describe() -> str:
@@ -59,4 +63,4 @@ def describe() -> str:
     i = cpu_info()
     return (f"cpu: {i['model']}, {i['logical_cores']} logical cores; flags: {' '.join(i['flags']) or 'none of interest'}"
             f"; ATen capability {i['aten_capability']}; oneDNN max ISA {i['onednn_max_isa']}; bf16 "
-            f"{'native' if i['native_bf16'] else 'emulated'}")
+            f"{'native' if i['native_bf16'] else 'emulated'} (oneDNN bf16 kernels: {'yes' if i['onednn_bf16'] else 'no'})")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.fx import Proxy
 
+from .amp import amp_matmul, fp32_gemms
 from .partition import is_symbolic, symbolic_reshape
 
 __all__ = ["attend", "use_fused", "fused_enabled", "key_padding_bias"]
@@ -70,17 +71,27 @@ def attend(
             returning a mask gradient, and its math fallback upcasts bf16 / fp16 q, k, v, logits and probabilities
             to fp32 and keeps them for backward. Measured on one mvitv2_tiny stage-0 attention, fwd + bwd, batch
             8, 3136 x 196 tokens, 1 thread: bf16 autocast peak 115 -> 64 MiB, 132 -> 58 ms; fp32 153 -> 115 ms.
+            Under CPU bf16 autocast without oneDNN bf16 (:mod:`visattn.layers.amp`) the fused path runs SDPA in
+            fp32 and the reference path its two matmuls.
 
     Shape:
         returns (B, heads, Nq, head_dim_v).
     """
     if isinstance(q, Proxy):
         return _attend_fx(q, k, v, bias, scale, _FUSED if fused is None else fused)
+    emulated_bf16 = fp32_gemms(q)
+    if emulated_bf16:  # bf16 autocast where bf16 is emulated (layers/amp.py): operands rounded as autocast rounds them
+        q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
     if fused is None:
         fused = _FUSED and not (bias is not None and bias.requires_grad and q.device.type == "cpu")
     if fused:
+        if emulated_bf16:  # CPU SDPA's bf16 kernels multiply through the portable bf16 GEMM: fp32 SDPA instead
+            with torch.autocast("cpu", enabled=False):
+                out = attend(q.float(), k.float(), v.float(), bias=None if bias is None else bias.float(),
+                             scale=scale, fused=True)
+            return out.to(torch.bfloat16)
         if bias is not None and bias.ndim < 4:
             # A broadcast view of the full (B, heads, Nq, Nk) shape, no copy: with a lower-rank mask PyTorch's CPU
             # SDPA falls back to its unfused math path (measured 3.2x slower for MaxViT windows, torch 2.13).
@@ -89,15 +100,16 @@ def attend(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if is_symbolic(*q.shape[:-1], *k.shape[:-1]):
         return _attend_traced(q, k, v, bias, scale)
+    # amp_matmul is ``@``, or under emulated bf16 an fp32 matmul keeping the same bf16 tensors for backward
     if k.shape[-2] < q.shape[-2]:
         # fewer keys than queries (pooled keys): scaling them is the cheaper multiply, and under autograd it keeps
         # a small scaled copy alive for backward instead of a query-sized one
-        logits = q @ (k * scale).transpose(-2, -1)                     # (B, heads, Nq, Nk)
+        logits = amp_matmul(q, (k * scale).transpose(-2, -1))          # (B, heads, Nq, Nk)
     else:
-        logits = (q * scale) @ k.transpose(-2, -1)                     # (B, heads, Nq, Nk)
+        logits = amp_matmul(q * scale, k.transpose(-2, -1))            # (B, heads, Nq, Nk)
     if bias is not None:
         logits = logits + bias
-    return logits.softmax(dim=-1) @ v
+    return amp_matmul(logits.softmax(dim=-1), v)
 
 
 def _attend_fx(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float | None, fused: bool) -> Tensor:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import Proxy
 
+from .amp import amp_conv2d, amp_linear
 from .drop import DropPath
 from .fused import conv_act, fast_inference, linear_act, linear_add
 from .partition import is_symbolic
@@ -44,9 +45,9 @@ class Conv1x1(nn.Conv2d):
         """The convolution with explicit (e.g. BatchNorm-folded) parameters."""
         # torch.fx symbolic tracing cannot see the layout; the convolution computes the same for either
         if not isinstance(x, Proxy) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            y = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)  # (B, H, W, out)
+            y = amp_linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)  # (B, H, W, out)
             return y.permute(0, 3, 1, 2)                               # (B, out, H, W), NHWC memory
-        return F.conv2d(x, weight, bias)
+        return amp_conv2d(x, weight, bias)
 
 
 class SameConv2d(nn.Conv2d):
@@ -71,13 +72,13 @@ class SameConv2d(nn.Conv2d):
         """The convolution with explicit (e.g. BatchNorm-folded) parameters."""
         s = self.stride[0]
         if not self.dynamic_pad:
-            return F.conv2d(x, weight, bias, s, self.padding, 1, self.groups)
+            return amp_conv2d(x, weight, bias, s, self.padding, 1, self.groups)
         k = self.kernel_size[0]
         top, bottom = same_padding(x.shape[-2], k, s)
         left, right = same_padding(x.shape[-1], k, s)
         if not is_symbolic(top, left) and top == bottom and left == right:
-            return F.conv2d(x, weight, bias, s, (top, left), 1, self.groups)
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, s, 0, 1, self.groups)
+            return amp_conv2d(x, weight, bias, s, (top, left), 1, self.groups)
+        return amp_conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, s, 0, 1, self.groups)
 
 
 class SameAvgPool2d(nn.Module):
@@ -114,7 +115,8 @@ class SqueezeExcite(nn.Module):
     def gate(self, x: Tensor) -> Tensor:
         """The per-channel scale, (B, C, 1, 1)."""
         s = x.mean((2, 3), keepdim=True)                               # (B, C, 1, 1)
-        return self.fc2(self.act(self.fc1(s))).sigmoid()
+        s = self.act(amp_conv2d(s, self.fc1.weight, self.fc1.bias))
+        return amp_conv2d(s, self.fc2.weight, self.fc2.bias).sigmoid()
 
 
 class MBConv(nn.Module):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
+from .amp import amp_linear, fp32_gemms
 from .attend import fused_enabled
 
 __all__ = ["fast_inference", "linear", "linear_act", "linear_add", "conv_act", "act_inplace"]
@@ -94,11 +95,14 @@ def _onednn_act(act: nn.Module | None) -> tuple[str, str] | None:
 
 
 def linear(x: Tensor, fc: nn.Linear) -> Tensor:
-    """``fc(x)``; oneDNN in inference (its bias epilogue beats addmm's bias copy: 85 vs 72 GFLOP/s at 1 thread)."""
+    """``fc(x)``; oneDNN in inference (its bias epilogue beats addmm's bias copy: 85 vs 72 GFLOP/s at 1 thread), fp32
+    under bf16 autocast where bf16 is emulated (:mod:`visattn.layers.amp`)."""
     if fast_inference(x, fc):
         if torch.compiler.is_compiling():
             return _linear_pointwise(x, fc.weight, fc.bias, "none", "")
         return torch.ops.mkldnn._linear_pointwise(x, fc.weight, fc.bias, "none", [], "")
+    if fp32_gemms(x):  # bf16 autocast where bf16 is emulated (layers/amp.py)
+        return amp_linear(x, fc.weight, fc.bias)
     return fc(x)
 
 

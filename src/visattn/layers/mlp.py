@@ -31,7 +31,7 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if fast_inference(x, self):  # eval, no autograd: activation fused into fc1 (dropout is the identity)
             return linear(linear_act(x, self.fc1, self.act), self.fc2)
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return self.drop2(linear(self.drop1(self.act(linear(x, self.fc1))), self.fc2))
 
     def forward_add(self, x: Tensor, residual: Tensor) -> Tensor:
         """``residual + self(x)``; in inference the add happens in fc2's matmul epilogue."""
