@@ -160,3 +160,23 @@ def test_fp32_gemms_cover_maxvit_features() -> None:
     with mode:
         _autocast_step(model.forward_features, False, x)
     assert mode.seen  # the recorder sees the bf16 path's ops
+
+
+def test_video_pooling_weight_gradients_under_bf16_autocast_follow_fp32() -> None:
+    """The pooling convs' weight gradients of a 3-D pooling attention on small maps, bf16 autocast vs fp32 (oneDNN's
+    native bf16 depthwise Conv3d backward got them wrong for channels-last inputs: relative error ~1.1)."""
+    cls = get_attention_class("pooling")
+    for T, S in ((2, 2), (2, 4)):
+        torch.manual_seed(0)
+        attn = cls(32, 32, num_heads=2, spatial_dims=3, stride_q=(1, 2, 2), stride_kv=(1, 2, 2), rel_pos_size=(T, S, S))
+        x = torch.randn(2, 32, T, S, S)
+        grads = []
+        for bf16 in (False, True):
+            attn.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = attn(x)
+            y.float().square().mean().backward()
+            grads.append({n: p.grad.double() for n, p in attn.named_parameters() if n.startswith("pool_")})
+        for name, ref in grads[0].items():
+            rel = float((grads[1][name] - ref).norm() / ref.norm())
+            assert rel < 0.1, (T, S, name, rel)

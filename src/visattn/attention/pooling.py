@@ -115,6 +115,12 @@ def _pool_map(x: Tensor, pool: nn.Module, heads: int, size: Sequence[object]) ->
     traced = isinstance(pool, nn.Conv3d) and is_symbolic(*size)
     if traced:
         x = F.pad(x, (0, pool.stride[-1]))                             # (B, heads*c, T, H, W + stride)
+    if (isinstance(pool, nn.Conv3d) and x.device.type == "cpu" and torch.is_grad_enabled()
+            and (torch.is_autocast_enabled("cpu") or x.dtype in (torch.bfloat16, torch.float16))):
+        # oneDNN's bf16 depthwise Conv3d backward (native bf16 / AMX kernels, torch 2.13) returns wrong weight
+        # gradients for channels-last inputs of small maps (relative error ~1 against fp32 on a 2x4x4 map);
+        # channels-first inputs are correct, so low-precision training pools channels-first
+        x = x.contiguous()                                             # (B, heads*c, *size), channels-first
     y = conv(x, weight, None, pool.stride, pool.padding, pool.dilation, channels)  # (B, heads*c, *size')
     return F.pad(y, (0, -1)) if traced else y
 
