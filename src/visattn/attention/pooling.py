@@ -115,7 +115,7 @@ def _pool_map(x: Tensor, pool: nn.Module, heads: int, size: Sequence[object]) ->
     traced = isinstance(pool, nn.Conv3d) and is_symbolic(*size)
     if traced:
         x = F.pad(x, (0, pool.stride[-1]))                             # (B, heads*c, T, H, W + stride)
-    if (isinstance(pool, nn.Conv3d) and x.device.type == "cpu" and torch.is_grad_enabled()
+    if (isinstance(pool, nn.Conv3d) and not isinstance(x, Proxy) and x.device.type == "cpu" and torch.is_grad_enabled()
             and (torch.is_autocast_enabled("cpu") or x.dtype in (torch.bfloat16, torch.float16))):
         # oneDNN's bf16 depthwise Conv3d backward (native bf16 / AMX kernels, torch 2.13) returns wrong weight
         # gradients for channels-last inputs of small maps (relative error ~1 against fp32 on a 2x4x4 map);
@@ -309,7 +309,10 @@ class PoolingAttention(nn.Module):
             qa, ka = q_size[axis], k_size[axis]
             longest = torch.sym_max(qa, ka) if is_symbolic(qa, ka) else max(qa, ka)
             table = _resize_table(getattr(self, name), 2 * longest - 1)
-            rel = table[rel_pos_index(qa, ka, table.device)]           # (qa, ka, c)
+            # index_select, not table[index]: advanced indexing of this small table cost 1.2-2.4 ms per call
+            # (torch 2.13 CPU, 2 threads; index_select 5-6 us), ~50-100 ms per video clip
+            index = rel_pos_index(qa, ka, table.device)                # (qa, ka)
+            rel = symbolic_reshape(table.index_select(0, index.flatten()), (qa, ka, c))  # (qa, ka, c)
             a = letters[axis]
             if is_symbolic(B, *q_size):
                 terms.append(_axis_term_traced(r_q, rel, axis, n))
