@@ -18,6 +18,8 @@ Everything is measured side by side in one process on the same weights (timm's r
 * training step (``--train``): forward + cross-entropy + backward + AdamW step, fp32 and bf16 autocast, median time
   and peak memory of live tensors (``visattn.bench.peak_memory``; CPU has no allocator statistics).
 * compile (``--compile``): ``torch.compile`` of both models, inference img/s compiled and eager.
+* ``--out BASE``: the tables also as ``compare_timm_<inference|training|compile>.csv`` and ``.png`` (bar charts) and
+  ``compare_timm.md`` (command, machine, tables) in ``BASE/<machine type>/`` (``visattn.machine.machine_slug``).
 * allocator (``--keep-freed-memory``): glibc keeps freed large buffers for reuse (``visattn.allocator``), for both
   models alike since they share the process; off by default, as in a plain Python process.
 """
@@ -148,6 +150,8 @@ def main() -> None:
                         help="raise glibc's mmap/trim thresholds first (visattn.allocator; applies to both models)")
     parser.add_argument("--fullgraph", action=argparse.BooleanOptionalAction, default=True,
                         help="compile visattn with fullgraph=True (any graph break is an error; default on)")
+    parser.add_argument("--out", default=None, help="also write the tables as CSV, PNG and Markdown into "
+                        "OUT/<machine type>/ (visattn.machine.machine_slug), e.g. --out benchmarks/results")
     args = parser.parse_args()
     import timm
 
@@ -159,53 +163,111 @@ def main() -> None:
     from visattn.allocator import keeping_freed_memory
     from visattn.machine import describe
 
-    print(describe())
-    print("allocator: glibc keeps freed large buffers (both models)" if keeping_freed_memory()
-          else "allocator: glibc defaults (both models)")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
-          f"torch {torch.__version__}, timm {timm.__version__}; GEMM rate: 1024^3 fp32 matmuls timed in the same rounds")
+    allocator = ("allocator: glibc keeps freed large buffers (both models)" if keeping_freed_memory()
+                 else "allocator: glibc defaults (both models)")
+    setup = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
+             f"torch {torch.__version__}, timm {timm.__version__}; GEMM rate: 1024^3 fp32 matmuls timed in the same "
+             "rounds")
+    header = [describe(), allocator, setup]
+    print("\n".join(header))
     names = [n for n in args.models.split(",") if n]
     models = {n: build(n, PAIRS[n]) for n in names}
     x = torch.randn(args.batch, 3, args.size, args.size)
+    tables: dict[str, list[str]] = {}  # section -> its printed lines (title and Markdown table), for --out
+    rows: dict[str, list[dict]] = {}  # section -> one dict per table row, for --out
 
-    print(f"\nInference, fp32 eval, batch {args.batch} at {args.size}, {args.rounds} alternating rounds of "
-          f"{args.iters} passes (img/s; ratio = visattn / timm)")
-    print("| model | max abs diff | timm img/s | visattn img/s | ratio (wall) | ratio (CPU time) | FLOP-bound img/s "
-          "| visattn of limit | timm of limit | GEMM GFLOP/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    def show(section: str, line: str) -> None:
+        print(line, flush=True)
+        tables.setdefault(section, []).append(line.lstrip("\n"))
+
+    show("inference", f"\nInference, fp32 eval, batch {args.batch} at {args.size}, {args.rounds} alternating rounds of "
+         f"{args.iters} passes (img/s; ratio = visattn / timm)")
+    show("inference", "| model | max abs diff | timm img/s | visattn img/s | ratio (wall) | ratio (CPU time) | "
+         "FLOP-bound img/s | visattn of limit | timm of limit | GEMM GFLOP/s |")
+    show("inference", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, (ours, theirs) in models.items():
         with torch.device("meta"):
             meta_model = visattn.create_model(name)
         flops = count_flops(lambda m=meta_model: m(torch.empty(1, 3, args.size, args.size, device="meta")))
         r = inference(ours, theirs, x, args)
         limit = r["gemm_gflops"] * 1e9 / flops
-        print(f"| {name} | {r['diff']:.1e} | {r['timm_wall']:.2f} | {r['ours_wall']:.2f} | "
-              f"{r['ours_wall'] / r['timm_wall']:.2f} | {r['ours_cpu'] / r['timm_cpu']:.2f} | {limit:.2f} | "
-              f"{r['ours_wall'] / limit:.0%} | {r['timm_wall'] / limit:.0%} | {r['gemm_gflops']:.0f} |", flush=True)
+        show("inference", f"| {name} | {r['diff']:.1e} | {r['timm_wall']:.2f} | {r['ours_wall']:.2f} | "
+             f"{r['ours_wall'] / r['timm_wall']:.2f} | {r['ours_cpu'] / r['timm_cpu']:.2f} | {limit:.2f} | "
+             f"{r['ours_wall'] / limit:.0%} | {r['timm_wall'] / limit:.0%} | {r['gemm_gflops']:.0f} |")
+        rows.setdefault("inference", []).append(
+            {"model": name, "timm_model": PAIRS[name], "batch": args.batch, "size": args.size,
+             "max_abs_diff": r["diff"], "timm_img_s": r["timm_wall"], "visattn_img_s": r["ours_wall"],
+             "timm_img_s_cpu": r["timm_cpu"], "visattn_img_s_cpu": r["ours_cpu"],
+             "ratio_wall": r["ours_wall"] / r["timm_wall"], "ratio_cpu": r["ours_cpu"] / r["timm_cpu"],
+             "flop_bound_img_s": limit, "gemm_gflops": r["gemm_gflops"]})
 
     if args.train:
         xt = x[: args.train_batch] if args.train_batch <= args.batch else torch.randn(args.train_batch, 3, args.size,
                                                                                        args.size)
-        print(f"\nTraining step (forward + backward + AdamW), batch {xt.shape[0]} at {args.size}; time ratio = "
-              "timm s / visattn s (>1: visattn faster), memory ratio = visattn MiB / timm MiB (<1: visattn smaller)")
-        print("| model | dtype | timm s/step | visattn s/step | time ratio (wall) | time ratio (CPU) | timm peak MiB "
-              "| visattn peak MiB | memory ratio |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        show("training", f"\nTraining step (forward + backward + AdamW), batch {xt.shape[0]} at {args.size}; time "
+             "ratio = timm s / visattn s (>1: visattn faster), memory ratio = visattn MiB / timm MiB (<1: visattn "
+             "smaller)")
+        show("training", "| model | dtype | timm s/step | visattn s/step | time ratio (wall) | time ratio (CPU) | "
+             "timm peak MiB | visattn peak MiB | memory ratio |")
+        show("training", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, (ours, theirs) in models.items():
             for label, r in training(ours, theirs, xt, args).items():
-                print(f"| {name} | {label} | {r['timm_s']:.2f} | {r['ours_s']:.2f} | {r['timm_s'] / r['ours_s']:.2f} |"
-                      f" {r['timm_cpu'] / r['ours_cpu']:.2f} | {r['timm_mib']:.0f} | {r['ours_mib']:.0f} | "
-                      f"{r['ours_mib'] / r['timm_mib']:.2f} |", flush=True)
+                show("training", f"| {name} | {label} | {r['timm_s']:.2f} | {r['ours_s']:.2f} | "
+                     f"{r['timm_s'] / r['ours_s']:.2f} | {r['timm_cpu'] / r['ours_cpu']:.2f} | {r['timm_mib']:.0f} | "
+                     f"{r['ours_mib']:.0f} | {r['ours_mib'] / r['timm_mib']:.2f} |")
+                rows.setdefault("training", []).append(
+                    {"model": name, "dtype": label, "label": f"{name} {label}", "batch": xt.shape[0],
+                     "timm_s": r["timm_s"], "visattn_s": r["ours_s"], "timm_cpu_s": r["timm_cpu"],
+                     "visattn_cpu_s": r["ours_cpu"], "time_ratio_wall": r["timm_s"] / r["ours_s"],
+                     "time_ratio_cpu": r["timm_cpu"] / r["ours_cpu"], "timm_peak_mib": r["timm_mib"],
+                     "visattn_peak_mib": r["ours_mib"], "memory_ratio": r["ours_mib"] / r["timm_mib"]})
 
     if args.compile:
-        print(f"\ntorch.compile, fp32 eval, batch {args.batch} at {args.size} (img/s)")
-        print("| model | max abs diff (compiled) | timm eager | timm compiled | visattn eager | visattn compiled | "
-              "visattn compiled / eager | visattn / timm (compiled) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        show("compile", f"\ntorch.compile, fp32 eval, batch {args.batch} at {args.size} (img/s)")
+        show("compile", "| model | max abs diff (compiled) | timm eager | timm compiled | visattn eager | visattn "
+             "compiled | visattn compiled / eager | visattn / timm (compiled) |")
+        show("compile", "| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, (ours, theirs) in models.items():
             r = compiled(ours, theirs, x, args)
-            print(f"| {name} | {r['diff']:.1e} | {r['timm']:.2f} | {r['timm_c']:.2f} | {r['ours']:.2f} | "
-                  f"{r['ours_c']:.2f} | {r['ours_c'] / r['ours']:.2f} | {r['ours_c'] / r['timm_c']:.2f} |", flush=True)
+            show("compile", f"| {name} | {r['diff']:.1e} | {r['timm']:.2f} | {r['timm_c']:.2f} | {r['ours']:.2f} | "
+                 f"{r['ours_c']:.2f} | {r['ours_c'] / r['ours']:.2f} | {r['ours_c'] / r['timm_c']:.2f} |")
+            rows.setdefault("compile", []).append(
+                {"model": name, "batch": args.batch, "max_abs_diff_compiled": r["diff"], "timm_eager_img_s": r["timm"],
+                 "timm_compiled_img_s": r["timm_c"], "visattn_eager_img_s": r["ours"],
+                 "visattn_compiled_img_s": r["ours_c"], "visattn_compiled_vs_eager": r["ours_c"] / r["ours"],
+                 "visattn_vs_timm_compiled": r["ours_c"] / r["timm_c"]})
+
+    if args.out:
+        write_results(args, header, tables, rows)
+
+
+def write_results(args: argparse.Namespace, header: list[str], tables: dict[str, list[str]],
+                  rows: dict[str, list[dict]]) -> None:
+    """``compare_timm_<section>.csv`` / ``.png`` per table and ``compare_timm.md`` with all of them, into
+    ``args.out/<machine type>/``."""
+    from _results import bar_chart, results_dir, write_csv, write_markdown
+
+    out = results_dir(args.out)
+    both = {"timm": "timm", "visattn": "visattn"}
+    charts = {
+        "inference": ("model", [(f"fp32 eval, batch {args.batch} (higher is better)", "img/s",
+                                 {f"{k}_img_s": v for k, v in both.items()})]),
+        "training": ("label", [("training step (lower is better)", "s / step",
+                                {f"{k}_s": v for k, v in both.items()}),
+                               ("peak memory of live tensors", "MiB", {f"{k}_peak_mib": v for k, v in both.items()})]),
+        "compile": ("model", [(f"fp32 eval, batch {args.batch} (higher is better)", "img/s",
+                               {"timm_eager_img_s": "timm eager", "timm_compiled_img_s": "timm compiled",
+                                "visattn_eager_img_s": "visattn eager",
+                                "visattn_compiled_img_s": "visattn compiled"})]),
+    }
+    for section, section_rows in rows.items():
+        write_csv(out / f"compare_timm_{section}.csv", section_rows)
+        label, panels = charts[section]
+        bar_chart(out / f"compare_timm_{section}.png", section_rows, label, panels,
+                  title=f"visattn vs timm, PyTorch eager, {args.threads} threads, {args.size} x {args.size}")
+    write_markdown(out / "compare_timm.md", "visattn vs timm, PyTorch", header,
+                   ["\n".join([lines[0], "", *lines[1:]]) for lines in tables.values()])  # title, blank, table
+    print(f"\nwrote {out}/compare_timm_{{{','.join(rows)}}}.{{csv,png}} and compare_timm.md")
 
 
 if __name__ == "__main__":
