@@ -17,7 +17,8 @@ Everything is measured side by side in one process on the same weights (timm's r
   "of limit" is img/s over that bound.
 * training step (``--train``): forward + cross-entropy + backward + AdamW step, fp32 and bf16 autocast, median time
   and peak memory of live tensors (``visattn.bench.peak_memory``; CPU has no allocator statistics).
-* compile (``--compile``): ``torch.compile`` of both models, inference img/s compiled and eager.
+* compile (``--compile``): ``torch.compile`` of both models, inference img/s compiled and eager, and compile time
+  (the wall time of the first call of each compiled model: tracing, inductor's code generation and one pass).
 * ``--out BASE``: the tables also as ``compare_timm_<inference|training|compile>.csv`` and ``.png`` (bar charts) and
   ``compare_timm.md`` (command, machine, tables) in ``BASE/<machine type>/`` (``visattn.machine.machine_slug``).
 * allocator (``--keep-freed-memory``): glibc keeps freed large buffers for reuse (``visattn.allocator``), for both
@@ -126,12 +127,16 @@ def compiled(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor, ar
     theirs.eval()
     fns = {"timm": theirs, "ours": ours,
            "timm_c": torch.compile(theirs), "ours_c": torch.compile(ours, fullgraph=args.fullgraph)}
+    first: dict[str, float] = {}
     with torch.inference_mode():
-        for fn in fns.values():  # compile (and warm up) outside the timed rounds
+        for key, fn in fns.items():  # compile (and warm up) outside the timed rounds; the first call's wall time
+            start = time.perf_counter()  # of a compiled model is its compile time (plus one pass)
             fn(x)
+            first[key] = time.perf_counter() - start
         diff = (fns["ours_c"](x) - fns["timm"](x)).abs().max().item()
         t = alternate({k: (lambda f=f: f(x)) for k, f in fns.items()}, args.rounds, args.iters)
-    return {"diff": diff, **{k: x.shape[0] / v[0] for k, v in t.items()}}
+    return {"diff": diff, "timm_compile_s": first["timm_c"], "ours_compile_s": first["ours_c"],
+            **{k: x.shape[0] / v[0] for k, v in t.items()}}
 
 
 def main() -> None:
@@ -225,17 +230,19 @@ def main() -> None:
     if args.compile:
         show("compile", f"\ntorch.compile, fp32 eval, batch {args.batch} at {args.size} (img/s)")
         show("compile", "| model | max abs diff (compiled) | timm eager | timm compiled | visattn eager | visattn "
-             "compiled | visattn compiled / eager | visattn / timm (compiled) |")
-        show("compile", "| --- | --- | --- | --- | --- | --- | --- | --- |")
+             "compiled | visattn compiled / eager | visattn / timm (compiled) | compile s timm | compile s visattn |")
+        show("compile", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, (ours, theirs) in models.items():
             r = compiled(ours, theirs, x, args)
             show("compile", f"| {name} | {r['diff']:.1e} | {r['timm']:.2f} | {r['timm_c']:.2f} | {r['ours']:.2f} | "
-                 f"{r['ours_c']:.2f} | {r['ours_c'] / r['ours']:.2f} | {r['ours_c'] / r['timm_c']:.2f} |")
+                 f"{r['ours_c']:.2f} | {r['ours_c'] / r['ours']:.2f} | {r['ours_c'] / r['timm_c']:.2f} | "
+                 f"{r['timm_compile_s']:.1f} | {r['ours_compile_s']:.1f} |")
             rows.setdefault("compile", []).append(
                 {"model": name, "batch": args.batch, "max_abs_diff_compiled": r["diff"], "timm_eager_img_s": r["timm"],
                  "timm_compiled_img_s": r["timm_c"], "visattn_eager_img_s": r["ours"],
                  "visattn_compiled_img_s": r["ours_c"], "visattn_compiled_vs_eager": r["ours_c"] / r["ours"],
-                 "visattn_vs_timm_compiled": r["ours_c"] / r["timm_c"]})
+                 "visattn_vs_timm_compiled": r["ours_c"] / r["timm_c"], "timm_compile_s": r["timm_compile_s"],
+                 "visattn_compile_s": r["ours_compile_s"]})
 
     if args.out:
         write_results(args, header, tables, rows)

@@ -78,7 +78,8 @@ def describe() -> str:
     flags = " ".join(i["flags"]) or "none of interest"
     return (f"cpu: {i['model']}, {i['logical_cores']} logical cores; flags: {flags}; ATen capability "
             f"{i['aten_capability']}; oneDNN max ISA {i['onednn_max_isa']}; MKL {i['mkl_instructions']}; bf16 "
-            f"{'native' if i['native_bf16'] else 'emulated'} (oneDNN bf16 kernels: {'yes' if i['onednn_bf16'] else 'no'})")
+            f"{'native' if i['native_bf16'] else 'emulated'} "
+            f"(oneDNN bf16 kernels: {'yes' if i['onednn_bf16'] else 'no'})")
 
 
 # The environment variables that cap each library's instruction set, by the short name the slug uses for it.
