@@ -274,7 +274,8 @@ def write_results(args: argparse.Namespace, header: list[str], tables: dict[str,
                   title=f"visattn vs timm, PyTorch eager, {args.threads} threads, {args.size} x {args.size}")
     write_markdown(out / "compare_timm.md", "visattn vs timm, PyTorch", header,
                    ["\n".join([lines[0], "", *lines[1:]]) for lines in tables.values()])  # title, blank, table
-    print(f"\nwrote {out}/compare_timm_{{{','.join(rows)}}}.{{csv,png}} and compare_timm.md")
+    sections = ",".join(rows) if len(rows) == 1 else "{" + ",".join(rows) + "}"
+    print(f"\nwrote {out}/compare_timm_{sections}.{{csv,png}} and compare_timm.md")
 
 
 if __name__ == "__main__":

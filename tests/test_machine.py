@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_cpu_info_names_what_decides_the_kernels() -> None:
     info = machine.cpu_info()
-    assert set(info) >= {"model", "flags", "aten_capability", "onednn_max_isa", "native_bf16"}
+    assert set(info) >= {"model", "flags", "aten_capability", "onednn_max_isa", "mkl_instructions", "native_bf16"}
     assert all(f in machine.FLAGS_OF_INTEREST for f in info["flags"])
     line = machine.describe()
     assert "ATen capability" in line and "oneDNN max ISA" in line and "MKL " in line and "bf16" in line
