@@ -16,7 +16,7 @@ function):
   ``visattn.export.to_onnx`` at a fixed 224 x 224 (``dynamic_size=False``) and with dynamic height and width;
 * every graph's output checked against its PyTorch model (max abs diff, batch 1 and 8), and the dynamic graph at
   another size (200 x 264) too;
-* one onnxruntime session per graph, all with the same options (CPU provider, ``--threads`` intra-op threads, one
+* one onnxruntime runner per graph, all with the same options (CPU provider, ``--threads`` intra-op threads, one
   inter-op thread, sequential execution, ``ORT_ENABLE_ALL`` graph optimisation);
 * batch-1 latency and batch-8 throughput: ``--rounds`` rounds, each timing ``--iters`` calls of timm's graph, then
   visattn's fixed, then its dynamic one (so load from other processes hits all three alike), after one warm-up call
@@ -80,7 +80,7 @@ def export_timm(model: torch.nn.Module, path: Path, example: torch.Tensor, opset
     return f"TorchScript, opset {opset}"
 
 
-def session_options(threads: int, profile_prefix: str | None = None):
+def ort_options(threads: int, profile_prefix: str | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -94,10 +94,10 @@ def session_options(threads: int, profile_prefix: str | None = None):
     return options
 
 
-def session(path: Path, threads: int, profile_prefix: str | None = None):
+def load_graph(path: Path, threads: int, profile_prefix: str | None = None):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), session_options(threads, profile_prefix), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), ort_options(threads, profile_prefix), providers=["CPUExecutionProvider"])
 
 
 def op_times(sess, x: np.ndarray, runs: int) -> dict[str, float]:
@@ -133,7 +133,7 @@ def compare(name: str, args: argparse.Namespace, folder: Path) -> tuple[dict, di
     print(f"  exported in {' / '.join(f'{seconds[g]:.0f}' for g in GRAPHS)} s (timm / fixed / dynamic); "
           f"timm exporter: {exporter}", flush=True)
 
-    sessions = {g: session(paths[g], args.threads) for g in GRAPHS}
+    runners = {g: load_graph(paths[g], args.threads) for g in GRAPHS}
     gen = torch.Generator().manual_seed(0)
     x1 = torch.randn(1, 3, args.size, args.size, generator=gen)
     x8 = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
@@ -144,14 +144,14 @@ def compare(name: str, args: argparse.Namespace, folder: Path) -> tuple[dict, di
             want = {"timm": theirs(x), "fixed": ours(x), "dynamic": ours(x)}
             diff["eager"] = max(diff["eager"], (want["fixed"] - want["timm"]).abs().max().item())
             for g in GRAPHS:
-                got = torch.from_numpy(sessions[g].run(None, {"x": x.numpy()})[0])
+                got = torch.from_numpy(runners[g].run(None, {"x": x.numpy()})[0])
                 diff[g] = max(diff[g], (got - want[g]).abs().max().item())
-        got = torch.from_numpy(sessions["dynamic"].run(None, {"x": xo.numpy()})[0])
+        got = torch.from_numpy(runners["dynamic"].run(None, {"x": xo.numpy()})[0])
         diff["dynamic_other_size"] = (got - ours(xo)).abs().max().item()
     row.update({f"diff_{k}": v for k, v in diff.items()})
 
     for label, x in (("b1", x1.numpy()), (f"b{args.batch}", x8.numpy())):
-        t = alternate({g: (lambda s=sessions[g], x=x: s.run(None, {"x": x})) for g in GRAPHS}, args.rounds, args.iters)
+        t = alternate({g: (lambda s=runners[g], x=x: s.run(None, {"x": x})) for g in GRAPHS}, args.rounds, args.iters)
         for g in GRAPHS:
             row[f"{label}_ms_{g}"] = t[g][0] * 1000
             row[f"{label}_cpu_ms_{g}"] = t[g][1] * 1000
@@ -163,13 +163,13 @@ def compare(name: str, args: argparse.Namespace, folder: Path) -> tuple[dict, di
             ms = {g: row[f"{label}_{clock}ms_{g}"] for g in GRAPHS}
             row[f"{label}_{clock}fixed_vs_timm"] = ms["timm"] / ms["fixed"]
             row[f"{label}_{clock}dynamic_vs_fixed"] = ms["fixed"] / ms["dynamic"]
-    del sessions
+    del runners
 
     profile: dict[str, dict[str, float]] = {}
     if args.profile:
         xp = torch.randn(args.profile_batch, 3, args.size, args.size, generator=gen).numpy()
         for g in GRAPHS:
-            profile[g] = op_times(session(paths[g], args.threads, str(folder / f"{name}_{g}_profile")), xp,
+            profile[g] = op_times(load_graph(paths[g], args.threads, str(folder / f"{name}_{g}_profile")), xp,
                                   args.profile_runs)
     return row, profile
 
