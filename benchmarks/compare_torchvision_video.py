@@ -20,13 +20,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import visattn
-from compare_timm import alternate
+from compare_timm import alternate, train_step
 from visattn import machine
 from visattn.bench import peak_memory
 
@@ -64,13 +63,7 @@ def training(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor, ar
     for key, model in (("tv", copy.deepcopy(theirs)), ("ours", copy.deepcopy(ours))):
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-
-        def step(m: torch.nn.Module = model, o: torch.optim.Optimizer = opt) -> None:
-            loss = F.cross_entropy(m(x), y)
-            o.zero_grad(set_to_none=True)
-            loss.backward()
-            o.step()
-        fns[key] = step
+        fns[key] = lambda m=model, o=opt: train_step(m, o, x, y, None)  # fp32
     t = alternate(fns, args.train_rounds, 1)
     mem = {k: peak_memory(fn, x.device) for k, fn in fns.items()}
     return {"tv_s": t["tv"][0], "ours_s": t["ours"][0], "tv_mib": mem["tv"], "ours_mib": mem["ours"]}
